@@ -1,0 +1,510 @@
+"""The capture API: ``workflow``, ``task``, ``used``, ``generated``, ``flush``.
+
+Hot-path budget: a decorated call adds two context-variable operations, two clock
+reads, a counter increment and one ``deque.append`` of a tuple. Binding argument
+names, classifying and hashing values, and RDF serialization all happen later on the
+emitter's thread. Arguments are therefore read shortly *after* the call: a mutable
+argument changed in that window is recorded as changed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import inspect
+import itertools
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .emitter import Emitter
+from .errors import ConfigError
+from .records import ErrorInfo, RunEnd, RunInfo, RunIO, TaskRecord
+from .settings import Settings, load_settings
+from .transports import Transport, create_transport
+
+__all__ = ["workflow", "task", "used", "generated", "flush", "shutdown", "configure", "get_emitter",
+           "current_run", "current_task_id", "new_task_id"]
+
+log = logging.getLogger("provgraph")
+F = TypeVar("F", bound=Callable[..., Any])
+_time_ns = time.time_ns
+
+
+class _Process:
+    """Per-process identity; renewed in a forked child so task IDs never collide."""
+
+    token = secrets.token_hex(6)
+    ids = itertools.count(1)
+
+
+def _renew_process() -> None:
+    _Process.token = secrets.token_hex(6)
+    _Process.ids = itertools.count(1)
+    _State.default_run = None
+
+
+def new_task_id() -> str:
+    """A fresh, globally unique task ID (for adapters minting their own records)."""
+    return f"{_Process.token}-{next(_Process.ids)}"
+
+
+class _Frame:
+    """The task currently executing in this context (cheap: built once per call)."""
+
+    __slots__ = ("n", "token", "run", "extras")
+
+    def __init__(self, n: int, run: RunInfo) -> None:
+        self.n = n
+        self.token = _Process.token
+        self.run = run
+        self.extras: list[tuple[str, str, Any]] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.token}-{self.n}"
+
+
+_frame: contextvars.ContextVar[_Frame | None] = contextvars.ContextVar("provgraph_task", default=None)
+_run: contextvars.ContextVar[RunInfo | None] = contextvars.ContextVar("provgraph_run", default=None)
+
+
+class _State:
+    emitter: Emitter | None = None
+    settings: Settings | None = None
+    disabled = False
+    default_run: RunInfo | None = None
+    lock = threading.Lock()
+
+
+# -- runtime -------------------------------------------------------------------------
+
+def configure(settings: Settings | None = None, *, transport: Transport | None = None,
+              **overrides: Any) -> Emitter:
+    """(Re)configure capture. Shuts down the previous emitter (flushing it).
+
+    ``configure(transport=MemoryTransport())`` is how tests capture into memory;
+    keyword overrides are settings fields (``configure(facility="hpc", batch_size=500)``).
+    Raises :class:`~provgraph.errors.ConfigError` for invalid settings.
+    """
+    with _State.lock:
+        old = _State.emitter
+        _State.emitter = None
+        if old is not None:
+            _end_default_run(old)
+            old.shutdown()
+        s = settings if settings is not None else load_settings(**overrides)
+        if settings is not None and overrides:
+            s = settings.model_copy(update=overrides)
+        tr = transport if transport is not None else create_transport(s)
+        _State.settings = s
+        _State.emitter = Emitter(tr, s, register_atexit=False)
+        _State.disabled = False
+        _State.default_run = None
+        return _State.emitter
+
+
+def get_emitter() -> Emitter:
+    """The process's emitter, created from settings on first use."""
+    em = _State.emitter
+    if em is not None:
+        return em
+    return configure()
+
+
+def _emitter_or_none() -> Emitter | None:
+    """For capture paths: never raises; a broken configuration disables capture."""
+    em = _State.emitter
+    if em is not None or _State.disabled:
+        return em
+    try:
+        return get_emitter()
+    except Exception as exc:  # noqa: BLE001
+        _State.disabled = True
+        log.error("provgraph capture disabled: %s", exc)
+        return None
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Block until everything recorded so far is stored or sent; False on timeout."""
+    em = _State.emitter
+    return True if em is None else em.force_flush(timeout)
+
+
+def shutdown(timeout: float = 10.0) -> bool:
+    """End the default run, flush and stop capture (it restarts on the next use)."""
+    with _State.lock:
+        em = _State.emitter
+        _State.emitter = None
+        if em is None:
+            return True
+        _end_default_run(em)
+        return em.shutdown(timeout)
+
+
+def _settings() -> Settings:
+    return _State.settings if _State.settings is not None else get_emitter().settings
+
+
+def _default_run() -> RunInfo:
+    run = _State.default_run
+    if run is None:
+        with _State.lock:
+            run = _State.default_run
+            if run is None:
+                s = _settings()
+                argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+                run = RunInfo(uuid.uuid4().hex, argv0 or "python", campaign=s.campaign, user=s.user,
+                              host=s.hostname, attributes={"implicit": True})
+                _State.default_run = run
+                em = _State.emitter
+                if em is not None:
+                    em.emit(run)
+    return run
+
+
+def _end_default_run(em: Emitter) -> None:
+    run = _State.default_run
+    if run is not None:
+        _State.default_run = None
+        em.emit(RunEnd(run, _time_ns(), "finished"))
+
+
+@atexit.register
+def _at_exit() -> None:
+    """End the implicit run and flush what is queued (bounded by ``publish_timeout``)."""
+    s = _State.settings
+    shutdown(timeout=2 * s.publish_timeout if s is not None else 10.0)
+
+
+def current_run() -> RunInfo | None:
+    """The workflow run of the calling context (None outside any workflow)."""
+    return _run.get()
+
+
+def current_task_id() -> str | None:
+    frame = _frame.get()
+    return None if frame is None else frame.task_id
+
+
+# -- workflow ------------------------------------------------------------------------
+
+class workflow:  # noqa: N801 - used like a function: ``with provgraph.workflow("x"):``
+    """A workflow run: every task inside is written to this run's named graph.
+
+    Works as ``with``, ``async with`` and as a decorator. Invalid settings raise
+    :class:`~provgraph.errors.ConfigError` here, at the start, never mid-run.
+    """
+
+    def __init__(self, name: str, *, campaign: str | None = None, run_id: str | None = None,
+                 attributes: dict[str, Any] | None = None, source_tool: str | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("workflow name must be a non-empty string")
+        self.name = name
+        self.campaign = campaign
+        self.run_id = run_id
+        self.attributes = dict(attributes or {})
+        self.source_tool = source_tool
+        self.run: RunInfo | None = None
+        self._token: contextvars.Token[RunInfo | None] | None = None
+
+    def __enter__(self) -> RunInfo:
+        em = get_emitter()
+        s = em.settings
+        parent = _run.get()
+        self.run = RunInfo(self.run_id or uuid.uuid4().hex, self.name,
+                           campaign=self.campaign or (parent.campaign if parent else None) or s.campaign,
+                           user=s.user, host=s.hostname, parent_run_id=parent.run_id if parent else None,
+                           attributes=self.attributes, source_tool=self.source_tool)
+        self._token = _run.set(self.run)
+        em.emit(self.run)
+        return self.run
+
+    def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        assert self.run is not None and self._token is not None
+        _run.reset(self._token)
+        em = _emitter_or_none()
+        if em is not None:
+            if exc is None:
+                em.emit(RunEnd(self.run, _time_ns(), "finished"))
+            else:
+                em.emit(RunEnd(self.run, _time_ns(), "failed", ErrorInfo.from_exception(exc)))
+
+    async def __aenter__(self) -> RunInfo:
+        return self.__enter__()
+
+    async def __aexit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(etype, exc, tb)
+
+    def __call__(self, fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                async with workflow(self.name, campaign=self.campaign, attributes=self.attributes):
+                    return await fn(*args, **kwargs)
+            return awrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with workflow(self.name, campaign=self.campaign, attributes=self.attributes):
+                return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+
+# -- task ------------------------------------------------------------------------------
+
+_SKIP = frozenset({"self", "cls"})
+
+
+class FunctionInfo:
+    """What the background thread needs to turn a call tuple into a :class:`TaskRecord`."""
+
+    __slots__ = ("fn", "name", "qualname", "_params")
+
+    def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
+        self.fn = fn
+        self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        self.name = name or getattr(fn, "__name__", "task")
+        self._params: tuple[list[str], str | None, dict[str, Any]] | None = None
+
+    def _signature(self) -> tuple[list[str], str | None, dict[str, Any]]:
+        if self._params is None:
+            positional: list[str] = []
+            varargs = None
+            defaults: dict[str, Any] = {}
+            try:
+                for p in inspect.signature(self.fn).parameters.values():
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                        positional.append(p.name)
+                    elif p.kind is p.VAR_POSITIONAL:
+                        varargs = p.name
+                    if p.default is not p.empty and p.kind is not p.VAR_KEYWORD:
+                        defaults[p.name] = p.default
+            except (TypeError, ValueError):
+                pass
+            self._params = (positional, varargs, defaults)
+        return self._params
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        positional, varargs, defaults = self._signature()
+        bound: dict[str, Any] = {}
+        npos = len(positional)
+        for i, value in enumerate(args):
+            if i < npos:
+                bound[positional[i]] = value
+            elif varargs:
+                bound[f"{varargs}[{i - npos}]"] = value
+            else:
+                bound[f"arg{i}"] = value
+        bound.update(kwargs)
+        for name, value in defaults.items():
+            bound.setdefault(name, value)
+        for name in _SKIP.intersection(bound):
+            if positional and positional[0] == name:
+                del bound[name]
+        return bound
+
+    def to_record(self, call: tuple[Any, ...]) -> TaskRecord:
+        _, frame, parent, args, kwargs, t0, t1, result, exc = call
+        rec = TaskRecord(
+            task_id=f"{frame.token}-{frame.n}", run=frame.run, name=self.name, started_ns=t0, ended_ns=t1,
+            inputs=self.bind(args, kwargs), outputs=_outputs(result), function=self.qualname,
+            parent_id=None if parent is None else f"{parent.token}-{parent.n}",
+        )
+        if exc is not None:
+            rec.status = "failed"
+            rec.error = ErrorInfo.from_exception(exc)
+        if frame.extras:
+            for direction, name, value in frame.extras:
+                (rec.inputs if direction == "in" else rec.outputs)[name] = value
+        return rec
+
+
+def _outputs(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if isinstance(result, dict) and result and all(isinstance(k, str) for k in result) and len(result) <= 64:
+        return dict(result)
+    if isinstance(result, tuple) and len(result) <= 64:
+        fields = getattr(result, "_fields", None)
+        if fields:
+            return dict(zip(fields, result))
+        return {f"return[{i}]": v for i, v in enumerate(result)}
+    if isinstance(result, _Yielded):
+        return {f"yield[{i}]": v for i, v in enumerate(result.items)}
+    return {"return": result}
+
+
+class _Yielded:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Record each call of ``fn`` as a ``prov:Activity``.
+
+    Arguments (bound to parameter names, defaults included) are what it used; the
+    return value (a dict's items, a tuple's elements, a generator's items) is what it
+    generated. Exceptions are recorded (status ``failed``, type, message, traceback)
+    and re-raised unchanged. Works on functions, methods, ``async def`` and generators.
+    """
+    if fn is None:
+        return lambda f: task(f, name=name)
+    info = FunctionInfo(fn, name)
+    if inspect.iscoroutinefunction(fn):
+        return _wrap_async(fn, info)  # type: ignore[return-value]
+    if inspect.isgeneratorfunction(fn):
+        return _wrap_generator(fn, info)  # type: ignore[return-value]
+    return _wrap_sync(fn, info)  # type: ignore[return-value]
+
+
+def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
+    frame_var, run_var, ids = _frame, _run, _Process
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        em = _State.emitter or _emitter_or_none()
+        if em is None:
+            return fn(*args, **kwargs)
+        parent = frame_var.get()
+        frame = _Frame(next(ids.ids), run_var.get() or _default_run())
+        token = frame_var.set(frame)
+        t0 = _time_ns()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            frame_var.reset(token)
+            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), None, exc))
+            raise
+        t1 = _time_ns()
+        frame_var.reset(token)
+        em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
+        return result
+
+    return wrapper
+
+
+def _wrap_async(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        em = _State.emitter or _emitter_or_none()
+        if em is None:
+            return await fn(*args, **kwargs)
+        parent = _frame.get()
+        frame = _Frame(next(_Process.ids), _run.get() or _default_run())
+        token = _frame.set(frame)
+        t0 = _time_ns()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _frame.reset(token)
+            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), None, exc))
+            raise
+        t1 = _time_ns()
+        _frame.reset(token)
+        em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
+        return result
+
+    return wrapper
+
+
+def _wrap_generator(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        em = _State.emitter or _emitter_or_none()
+        if em is None:
+            return (yield from fn(*args, **kwargs))
+        limit = em.settings.max_yielded
+        parent = _frame.get()
+        frame = _Frame(next(_Process.ids), _run.get() or _default_run())
+        items: list[Any] = []
+        t0 = _time_ns()
+        gen = fn(*args, **kwargs)
+        to_send: Any = None
+        exc_out: BaseException | None = None
+        try:
+            while True:
+                token = _frame.set(frame)
+                try:
+                    item = gen.send(to_send)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    _frame.reset(token)
+                if len(items) < limit:
+                    items.append(item)
+                try:
+                    to_send = yield item
+                except GeneratorExit:
+                    gen.close()
+                    raise
+                except BaseException as thrown:  # forwarded into the user's generator
+                    token = _frame.set(frame)
+                    try:
+                        item = gen.throw(thrown)
+                    finally:
+                        _frame.reset(token)
+                    if len(items) < limit:
+                        items.append(item)
+                    to_send = yield item
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            exc_out = exc
+            raise
+        finally:
+            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), _Yielded(items), exc_out))
+
+    return wrapper
+
+
+# -- explicit artifacts ----------------------------------------------------------------
+
+def _record_io(direction: str, obj: Any, name: str | None) -> None:
+    try:
+        frame = _frame.get()
+        if name is None:
+            path = obj if isinstance(obj, (str, os.PathLike)) else getattr(obj, "path", None)
+            if isinstance(path, (str, os.PathLike)):
+                name = os.path.basename(os.fsdecode(os.fspath(path))) or "artifact"
+            else:
+                name = "used" if direction == "in" else "generated"
+        if frame is not None:
+            if frame.extras is None:
+                frame.extras = []
+            frame.extras.append((direction, name, obj))
+            return
+        em = _emitter_or_none()
+        if em is not None:
+            em.emit(RunIO(_run.get() or _default_run(), direction, name, obj))
+    except Exception:  # noqa: BLE001 - never raise into user code
+        log.debug("provgraph: could not record %s artifact", direction, exc_info=True)
+
+
+def used(obj: Any, *, name: str | None = None) -> None:
+    """Declare that the current task (or workflow run) used ``obj`` (a path, bytes, ...)."""
+    _record_io("in", obj, name)
+
+
+def generated(obj: Any, *, name: str | None = None) -> None:
+    """Declare that the current task (or workflow run) generated ``obj``."""
+    _record_io("out", obj, name)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_process)

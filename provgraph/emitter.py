@@ -1,0 +1,233 @@
+"""The batching emitter: *when* to send, written once for every transport.
+
+Contract of :meth:`Emitter.emit` (the user's hot path): it appends to a bounded
+``deque`` and returns; it never blocks, never does I/O and never raises. When the
+queue is full the record is dropped and counted (``stats()["dropped"]``): a
+provenance system must not slow the science down. Size the queue (``queue_size``)
+for your burst rate; the drop counter tells you when it was too small.
+
+A daemon thread wakes every ``flush_interval`` seconds or when a batch is full, maps
+records to N-Quads (:class:`~provgraph.mapping.Mapper`), and hands each batch to the
+transport. A batch the transport refuses is spilled to the local journal
+(``data_dir/journal``) for ``provgraph replay``; a record that cannot be mapped is
+counted and logged once. Nothing is lost silently.
+
+Lifecycle: :meth:`force_flush` and :meth:`shutdown` take timeouts and return whether
+they finished; shutdown is idempotent and runs at interpreter exit; in a forked child
+the queue and thread are rebuilt (the parent's pending records stay the parent's).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from .mapping import Mapper
+from .settings import Settings
+from .transports.base import Batch, Transport
+from .transports.journal import JournalTransport
+
+__all__ = ["Emitter"]
+
+log = logging.getLogger("provgraph")
+
+
+class _FlushMarker:
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = True
+
+
+class _LogOnce:
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, key: str, msg: str, *args: Any, exc_info: bool = True) -> None:
+        if key in self._seen:
+            log.debug(msg, *args, exc_info=exc_info)
+            return
+        self._seen.add(key)
+        log.warning(msg + " (further occurrences are counted, not logged)", *args, exc_info=exc_info)
+
+
+_EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+class Emitter:
+    """Bounded queue + background batching thread in front of one :class:`Transport`."""
+
+    def __init__(self, transport: Transport, settings: Settings, *, mapper: Mapper | None = None,
+                 spill: Transport | None = None, register_atexit: bool = True) -> None:
+        self.transport = transport
+        self.settings = settings
+        self.mapper = mapper or Mapper(settings)
+        self._spill = spill
+        self._max = settings.queue_size
+        self._batch = settings.batch_size
+        self._interval = settings.flush_interval
+        self._log_once = _LogOnce()
+        self._counts = {"dropped": 0, "records": 0, "failed_records": 0, "batches": 0, "triples": 0,
+                        "failed_batches": 0, "spilled_batches": 0, "lost_batches": 0}
+        self._closed = False
+        self._start()
+        _EMITTERS.add(self)
+        if register_atexit:
+            atexit.register(self._atexit)
+
+    def _start(self) -> None:
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="provgraph-emitter", daemon=True)
+        self._thread.start()
+
+    # -- hot path ------------------------------------------------------------------
+    def emit(self, record: Any) -> None:
+        """Enqueue ``record``; never blocks, never raises. Drops (and counts) when full."""
+        q = self._queue
+        n = len(q)
+        if n >= self._max:
+            self._counts["dropped"] += 1
+            return
+        q.append(record)
+        if n % self._batch == self._batch - 1:
+            self._wake.set()
+
+    # -- background thread ---------------------------------------------------------
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self._drain(q)
+            except Exception:  # noqa: BLE001 - the thread must survive anything
+                self._log_once("drain", "provgraph emitter: unexpected error")
+            if self._stop and not q:
+                return
+
+    def _drain(self, q: deque[Any]) -> None:
+        lines: list[str] = []
+        graphs: set[str] = set()
+        records = 0
+        mapper = self.mapper
+        while q:
+            item = q.popleft()
+            if isinstance(item, _FlushMarker):
+                self._publish(lines, graphs, records)
+                lines, graphs, records = [], set(), 0
+                item.ok = self._transport_flush()
+                item.done.set()
+                continue
+            try:
+                lines.extend(mapper.map(item))
+                records += 1
+            except Exception:  # noqa: BLE001
+                self._counts["failed_records"] += 1
+                self._log_once(f"map:{type(item).__qualname__}", "provgraph: could not map a %s record",
+                               type(item).__qualname__)
+            if records >= self._batch:
+                self._publish(lines, graphs, records)
+                lines, graphs, records = [], set(), 0
+        self._publish(lines, graphs, records)
+
+    def _publish(self, lines: list[str], graphs: set[str], records: int) -> None:
+        if not lines:
+            return
+        data = "".join(lines).encode("utf-8", "replace")
+        batch = Batch(data, len(lines), tuple(graphs))
+        self._counts["records"] += records
+        try:
+            self.transport.publish(batch)
+            self._counts["batches"] += 1
+            self._counts["triples"] += batch.triples
+        except Exception as exc:  # noqa: BLE001
+            self._counts["failed_batches"] += 1
+            self._log_once(f"publish:{type(exc).__qualname__}",
+                           "provgraph: transport %r failed (%s); spilling to the journal",
+                           self.transport.name, exc, exc_info=False)
+            self._spill_batch(batch)
+
+    def _spill_batch(self, batch: Batch) -> None:
+        try:
+            if self._spill is None:
+                self._spill = JournalTransport(self.settings.journal_dir,
+                                               max_bytes=self.settings.journal_max_bytes, prefix="spill")
+            self._spill.publish(batch)
+            self._spill.flush(1.0)
+            self._counts["spilled_batches"] += 1
+        except Exception:  # noqa: BLE001
+            self._counts["lost_batches"] += 1
+            self._log_once("spill", "provgraph: could not spill a batch to the journal; batch lost")
+
+    def _transport_flush(self) -> bool:
+        try:
+            return self.transport.flush(self.settings.publish_timeout)
+        except Exception:  # noqa: BLE001
+            self._log_once("flush", "provgraph: transport flush failed")
+            return False
+
+    # -- lifecycle -----------------------------------------------------------------
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything emitted so far is mapped and delivered; False on timeout."""
+        if not self._thread.is_alive():
+            return not self._queue
+        marker = _FlushMarker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout) and marker.ok
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Flush, stop the thread and close the transport. Idempotent."""
+        if self._closed:
+            return True
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        ok = self.force_flush(timeout)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            ok = self.transport.close(max(0.1, deadline - time.monotonic())) and ok
+        except Exception:  # noqa: BLE001
+            self._log_once("close", "provgraph: transport close failed")
+            ok = False
+        if self._spill is not None:
+            self._spill.close(1.0)
+        return ok and not self._thread.is_alive()
+
+    def _atexit(self) -> None:
+        if not self._closed:
+            self.shutdown(timeout=self.settings.publish_timeout * 2)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self._counts)
+        out["queued"] = len(self._queue)
+        return out
+
+    def _after_fork(self) -> None:
+        self._log_once = _LogOnce()
+        self._counts = dict.fromkeys(self._counts, 0)
+        self.mapper = Mapper(self.settings, self.mapper.hasher)
+        self.transport.after_fork()
+        if self._spill is not None:
+            self._spill.after_fork()
+        if not self._closed:
+            self._start()
+
+
+def _reinit_after_fork() -> None:
+    for emitter in list(_EMITTERS):
+        emitter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,0 +1,374 @@
+"""Records → W3C PROV-O as N-Quads, one named graph per workflow run.
+
+This is the only module that decides what a task *means* in RDF:
+
+* a task is a ``prov:Activity`` (and ``pg:Task``) with start/end times, ``pg:status``,
+  ``pg:inWorkflowRun``, the user as associated agent, the host as ``prov:atLocation``,
+  its parent task, errors;
+* a data artifact (file, directory, bytes, long text, array) is an entity named by its
+  content hash; the path, parameter name and host of *this* use/generation are recorded
+  on a qualified ``prov:Usage`` / ``prov:Generation``, never in the artifact's identity;
+* a small value (number, short string, bool, None, anything else by ``repr``) is a
+  per-task entity with ``prov:value`` — two runs that both use ``3`` are not linked.
+
+All IRIs are deterministic (see :mod:`provgraph.namespaces`), so serializing the same
+record twice gives the same triples and redelivery is harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import PurePath
+from typing import Any
+
+from .hashing import FileHasher, hash_array, hash_bytes
+from .namespaces import DCTERMS, PG, PROV, RDF, RDFS, XSD, Minter, segment
+from .records import Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord
+from .settings import Settings
+
+__all__ = ["Mapper", "literal", "iri", "classify"]
+
+
+def iri(value: str) -> str:
+    return f"<{value}>"
+
+
+_ESC = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+# N-Triples forms of the terms used on the hot path.
+_A = iri(RDF.type)
+_ACTIVITY, _ENTITY, _TASK, _RUN = iri(PROV.Activity), iri(PROV.Entity), iri(PG.Task), iri(PG.WorkflowRun)
+_ARTIFACT, _USAGE, _GENERATION = iri(PG.DataArtifact), iri(PROV.Usage), iri(PROV.Generation)
+_USED, _GEN_BY, _Q_USAGE, _Q_GEN = iri(PROV.used), iri(PROV.wasGeneratedBy), iri(PROV.qualifiedUsage), iri(PROV.qualifiedGeneration)
+_P_ENTITY, _P_ACTIVITY, _AT_TIME = iri(PROV.entity), iri(PROV.activity), iri(PROV.atTime)
+_STARTED, _ENDED, _VALUE, _ASSOC = iri(PROV.startedAtTime), iri(PROV.endedAtTime), iri(PROV.value), iri(PROV.wasAssociatedWith)
+_AT_LOC, _INFORMED, _LABEL = iri(PROV.atLocation), iri(PROV.wasInformedBy), iri(RDFS.label)
+_STATUS, _IN_RUN, _FUNCTION, _PARENT = iri(PG.status), iri(PG.inWorkflowRun), iri(PG.function), iri(PG.parentTask)
+_PNAME, _PATH, _SIZE, _VTYPE = iri(PG.parameterName), iri(PG.path), iri(PG.sizeBytes), iri(PG.valueType)
+_ETYPE, _EMSG, _ETB, _ATTEMPT = iri(PG.errorType), iri(PG.errorMessage), iri(PG.traceback), iri(PG.attempt)
+_X_DT, _X_INT, _X_DBL, _X_BOOL = iri(XSD.dateTime), iri(XSD.integer), iri(XSD.double), iri(XSD.boolean)
+
+
+def literal(value: Any) -> str:
+    """The N-Triples literal of a Python scalar (bool, int, float, str, other → str)."""
+    if value is True:
+        return f'"true"^^{_X_BOOL}'
+    if value is False:
+        return f'"false"^^{_X_BOOL}'
+    if isinstance(value, int):
+        return f'"{int(value)}"^^{_X_INT}'
+    if isinstance(value, float):
+        if math.isnan(value):
+            text = "NaN"
+        elif math.isinf(value):
+            text = "INF" if value > 0 else "-INF"
+        else:
+            text = repr(value)
+        return f'"{text}"^^{_X_DBL}'
+    if isinstance(value, datetime):
+        return f'"{value.isoformat()}"^^{_X_DT}'
+    return '"' + str(value).translate(_ESC) + '"'
+
+
+def time_literal(ns: int) -> str:
+    dt = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    return f'"{dt.strftime("%Y-%m-%dT%H:%M:%S.%f")}Z"^^{_X_DT}'
+
+
+class Classified:
+    """How one value is represented: a content-hashed artifact or a literal value."""
+
+    __slots__ = ("artifact", "literal", "path", "size", "vtype", "media_type")
+
+    def __init__(
+        self,
+        artifact: str | None = None,
+        literal: str | None = None,
+        path: str | None = None,
+        size: int | None = None,
+        vtype: str | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.literal = literal
+        self.path = path
+        self.size = size
+        self.vtype = vtype
+        self.media_type = media_type
+
+
+def _is_array(obj: Any) -> bool:
+    return hasattr(obj, "__array_interface__") and hasattr(obj, "shape")
+
+
+def classify(obj: Any, settings: Settings, hasher: FileHasher) -> Classified:
+    """Decide whether ``obj`` is a data artifact (hashed) or a small value."""
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return Classified(literal=None if obj is None else literal(obj), vtype=type(obj).__name__)
+    if isinstance(obj, Artifact):
+        if obj.data is not None:
+            return Classified(artifact=hash_bytes(obj.data), size=len(obj.data), media_type=obj.media_type, vtype="bytes")
+        if obj.path is not None:
+            found = hasher.hash_path(obj.path)
+            if found is not None:
+                return Classified(artifact=found[0], size=found[1], path=os.path.abspath(obj.path),
+                                  vtype="directory" if found[2] else "file", media_type=obj.media_type)
+            return Classified(literal=literal(obj.path), path=os.path.abspath(obj.path), vtype="missing-file")
+        return Classified(vtype="Artifact")
+    if isinstance(obj, str):
+        if len(obj) >= settings.hash_min_chars:
+            data = obj.encode("utf-8", "replace")
+            return Classified(artifact=hash_bytes(data), size=len(data), vtype="text")
+        if settings.hash_files and 0 < len(obj) < 4096 and ("/" in obj or os.sep in obj or "." in obj):
+            found = hasher.hash_path(obj) if "\0" not in obj else None
+            if found is not None:
+                return Classified(artifact=found[0], size=found[1], path=os.path.abspath(obj),
+                                  vtype="directory" if found[2] else "file")
+        return Classified(literal=literal(obj), vtype="str")
+    if isinstance(obj, (PurePath, os.PathLike)):
+        path = os.fsdecode(os.fspath(obj))
+        found = hasher.hash_path(path) if settings.hash_files else None
+        if found is not None:
+            return Classified(artifact=found[0], size=found[1], path=os.path.abspath(path),
+                              vtype="directory" if found[2] else "file")
+        return Classified(literal=literal(path), path=os.path.abspath(path), vtype="missing-file")
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        if len(obj) >= settings.hash_min_bytes:
+            return Classified(artifact=hash_bytes(obj), size=len(obj), vtype=type(obj).__name__)
+        return Classified(literal=literal(bytes(obj).hex()), vtype=type(obj).__name__)
+    if _is_array(obj):
+        shape = tuple(obj.shape)
+        if math.prod(shape) <= 1 and hasattr(obj, "item"):
+            try:
+                return classify(obj.item(), settings, hasher)
+            except Exception:  # noqa: BLE001 - fall through to hashing
+                pass
+        nbytes = int(getattr(obj, "nbytes", 0))
+        return Classified(artifact=hash_array(obj), size=nbytes, vtype=f"{type(obj).__name__}{list(shape)}")
+    item = getattr(obj, "item", None)
+    if callable(item) and getattr(obj, "shape", None) == ():  # numpy scalar
+        try:
+            return classify(item(), settings, hasher)
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        text = repr(obj)
+    except Exception:  # noqa: BLE001 - unrepresentable objects are still recorded
+        text = f"<unrepresentable {type(obj).__qualname__}>"
+    if len(text) > settings.value_max_chars:
+        text = text[: settings.value_max_chars - 1] + "…"
+    return Classified(literal=literal(text), vtype=type(obj).__qualname__)
+
+
+def flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
+    """Named values, with dicts flattened one level (``config.lr``) and tuples indexed."""
+    for name, value in values.items():
+        if isinstance(value, dict) and value and len(value) <= 64 and all(isinstance(k, str) for k in value):
+            for key, sub in value.items():
+                yield f"{name}.{key}", sub
+        else:
+            yield name, value
+
+
+class Mapper:
+    """Turns records into N-Quads lines. One per emitter; used by one thread."""
+
+    def __init__(self, settings: Settings, hasher: FileHasher | None = None) -> None:
+        self.settings = settings
+        self.mint = Minter(settings.iri_base)
+        self.hasher = hasher or FileHasher(dir_max_files=settings.hash_dir_max_files)
+        self._declared: set[tuple[str, str]] = set()
+
+    # -- helpers -------------------------------------------------------------
+    def _once(self, graph: str, subject: str, lines: list[str], triples: Iterable[tuple[str, str]]) -> None:
+        key = (graph, subject)
+        if key in self._declared:
+            return
+        if len(self._declared) > 200_000:
+            self._declared.clear()
+        self._declared.add(key)
+        for p, o in triples:
+            lines.append(f"{subject} {p} {o} {graph} .\n")
+
+    def _host(self, graph: str, host: str, lines: list[str]) -> str:
+        h = iri(self.mint.host(host))
+        self._once(graph, h, lines, ((_A, iri(PROV.Location)), (_A, iri(PG.Host)), (iri(PG.hostname), literal(host)),
+                                     (iri(PG.facility), iri(self.mint.facility(self.settings.facility)))))
+        return h
+
+    def _user(self, graph: str, user: str, lines: list[str]) -> str:
+        u = iri(self.mint.user(user))
+        self._once(graph, u, lines, ((_A, iri(PROV.Agent)), (_A, iri(PROV.Person)), (_A, iri(PG.User)), (_LABEL, literal(user))))
+        return u
+
+    def graph_of(self, run: RunInfo) -> str:
+        return iri(self.mint.graph(run.run_id))
+
+    # -- records -------------------------------------------------------------
+    def map(self, item: Any) -> list[str]:
+        if isinstance(item, TaskRecord):
+            return self.task(item)
+        if isinstance(item, tuple):  # a CallRecord from the task decorator
+            return self.task(item[0].to_record(item))
+        if isinstance(item, RunInfo):
+            return self.run_start(item)
+        if isinstance(item, RunEnd):
+            return self.run_end(item)
+        if isinstance(item, RunIO):
+            return self.run_io(item)
+        if isinstance(item, RawBatch):
+            return [item.nquads if item.nquads.endswith("\n") else item.nquads + "\n"]
+        raise TypeError(f"cannot map {type(item).__qualname__}")
+
+    def run_start(self, run: RunInfo) -> list[str]:
+        g = self.graph_of(run)
+        r = iri(self.mint.run(run.run_id))
+        lines: list[str] = []
+        out = lines.append
+        wf = iri(self.mint.workflow(run.workflow))
+        out(f"{r} {_A} {_ACTIVITY} {g} .\n")
+        out(f"{r} {_A} {_RUN} {g} .\n")
+        out(f"{r} {_LABEL} {literal(run.workflow)} {g} .\n")
+        out(f"{r} {iri(DCTERMS.identifier)} {literal(run.run_id)} {g} .\n")
+        out(f"{r} {_STARTED} {time_literal(run.started_ns)} {g} .\n")
+        out(f"{r} {iri(PG.executesWorkflow)} {wf} {g} .\n")
+        self._once(g, wf, lines, ((_A, iri(PROV.Plan)), (_A, iri(PG.Workflow)), (_LABEL, literal(run.workflow))))
+        if run.campaign:
+            c = iri(self.mint.campaign(run.campaign))
+            out(f"{r} {iri(PG.inCampaign)} {c} {g} .\n")
+            self._once(g, c, lines, ((_A, iri(PG.Campaign)), (_LABEL, literal(run.campaign))))
+        if run.parent_run_id:
+            out(f"{r} {iri(DCTERMS.isPartOf)} {iri(self.mint.run(run.parent_run_id))} {g} .\n")
+        user = run.user or self.settings.user
+        out(f"{r} {_ASSOC} {self._user(g, user, lines)} {g} .\n")
+        out(f"{r} {_AT_LOC} {self._host(g, run.host or self.settings.hostname, lines)} {g} .\n")
+        if run.source_tool:
+            out(f"{r} {iri(PG.sourceTool)} {literal(run.source_tool)} {g} .\n")
+        for key, value in run.attributes.items():
+            out(f"{r} {iri(self.mint.base + 'attr/' + segment(key))} {literal(value)} {g} .\n")
+        return lines
+
+    def run_end(self, end: RunEnd) -> list[str]:
+        g = self.graph_of(end.run)
+        r = iri(self.mint.run(end.run.run_id))
+        lines = [
+            f"{r} {_ENDED} {time_literal(end.ended_ns)} {g} .\n",
+            f"{r} {_STATUS} {literal(end.status)} {g} .\n",
+        ]
+        if end.error is not None:
+            self._error(r, g, end.error, lines)
+        return lines
+
+    def run_io(self, rec: RunIO) -> list[str]:
+        g = self.graph_of(rec.run)
+        r_iri = self.mint.run(rec.run.run_id)
+        lines: list[str] = []
+        h = self._host(g, rec.run.host or self.settings.hostname, lines)
+        at = time_literal(rec.at_ns) if rec.direction == "out" else None
+        self._value(r_iri, f"<{r_iri}>", g, rec.direction, rec.name, rec.value, h, at, lines)
+        return lines
+
+    def _error(self, subject: str, g: str, err: ErrorInfo, lines: list[str]) -> None:
+        lines.append(f"{subject} {_ETYPE} {literal(err.type)} {g} .\n")
+        lines.append(f"{subject} {_EMSG} {literal(err.message)} {g} .\n")
+        if err.traceback:
+            lines.append(f"{subject} {_ETB} {literal(err.traceback)} {g} .\n")
+
+    def task(self, rec: TaskRecord) -> list[str]:
+        g = self.graph_of(rec.run)
+        t_iri = self.mint.task(rec.task_id)
+        t = f"<{t_iri}>"
+        lines: list[str] = []
+        out = lines.append
+        out(f"{t} {_A} {_ACTIVITY} {g} .\n")
+        out(f"{t} {_A} {_TASK} {g} .\n")
+        out(f"{t} {_LABEL} {literal(rec.name)} {g} .\n")
+        out(f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> {g} .\n")
+        out(f"{t} {_STATUS} {literal(rec.status)} {g} .\n")
+        if rec.function:
+            out(f"{t} {_FUNCTION} {literal(rec.function)} {g} .\n")
+        if rec.started_ns is not None:
+            out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n")
+        if rec.ended_ns is not None:
+            out(f"{t} {_ENDED} {time_literal(rec.ended_ns)} {g} .\n")
+        user = rec.run.user or self.settings.user
+        out(f"{t} {_ASSOC} {self._user(g, user, lines)} {g} .\n")
+        host = rec.host or rec.run.host or self.settings.hostname
+        h = self._host(g, host, lines)
+        out(f"{t} {_AT_LOC} {h} {g} .\n")
+        if rec.parent_id:
+            out(f"{t} {_PARENT} <{self.mint.task(rec.parent_id)}> {g} .\n")
+        for other in rec.informed_by:
+            out(f"{t} {_INFORMED} <{self.mint.task(other)}> {g} .\n")
+        if rec.attempt is not None:
+            out(f"{t} {_ATTEMPT} {literal(rec.attempt)} {g} .\n")
+        if rec.error is not None:
+            self._error(t, g, rec.error, lines)
+        for key, value in rec.attributes.items():
+            prop = getattr(PG, key, None) if key in PG.iris() else self.mint.base + "attr/" + segment(key)
+            out(f"{t} <{prop}> {literal(value)} {g} .\n")
+        for name, value in flatten(rec.inputs):
+            self._value(t_iri, t, g, "in", name, value, h, None, lines)
+        at = time_literal(rec.ended_ns) if rec.ended_ns is not None else None
+        for name, value in flatten(rec.outputs):
+            self._value(t_iri, t, g, "out", name, value, h, at, lines)
+        for sample in rec.telemetry:
+            self._telemetry(t_iri, t, g, sample, lines)
+        return lines
+
+    def _value(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
+               host: str, at: str | None, lines: list[str]) -> None:
+        c = classify(value, self.settings, self.hasher)
+        out = lines.append
+        if c.artifact is None:
+            e = f"<{Minter.value(t_iri, direction, name)}>"
+            out(f"{e} {_A} {_ENTITY} {g} .\n")
+            out(f"{e} {_PNAME} {literal(name)} {g} .\n")
+            if c.literal is not None:
+                out(f"{e} {_VALUE} {c.literal} {g} .\n")
+            if c.vtype is not None and c.vtype not in ("int", "float", "str", "bool"):
+                out(f"{e} {_VTYPE} {literal(c.vtype)} {g} .\n")
+            if c.path is not None:
+                out(f"{e} {_PATH} {literal(c.path)} {g} .\n")
+            out(f"{t} {_USED} {e} {g} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} {g} .\n")
+            return
+        e = f"<{c.artifact}>"
+        out(f"{e} {_A} {_ENTITY} {g} .\n")
+        out(f"{e} {_A} {_ARTIFACT} {g} .\n")
+        if c.size is not None:
+            out(f"{e} {_SIZE} {literal(c.size)} {g} .\n")
+        if c.media_type:
+            out(f"{e} {iri(PG.mediaType)} {literal(c.media_type)} {g} .\n")
+        q = f"<{Minter.qualified(t_iri, direction, name)}>"
+        if direction == "in":
+            out(f"{t} {_USED} {e} {g} .\n")
+            out(f"{t} {_Q_USAGE} {q} {g} .\n")
+            out(f"{q} {_A} {_USAGE} {g} .\n")
+            out(f"{q} {_P_ENTITY} {e} {g} .\n")
+        else:
+            out(f"{e} {_GEN_BY} {t} {g} .\n")
+            out(f"{e} {_Q_GEN} {q} {g} .\n")
+            out(f"{q} {_A} {_GENERATION} {g} .\n")
+            out(f"{q} {_P_ACTIVITY} {t} {g} .\n")
+            if at is not None:
+                out(f"{q} {_AT_TIME} {at} {g} .\n")
+        out(f"{q} {_PNAME} {literal(name)} {g} .\n")
+        out(f"{q} {_AT_LOC} {host} {g} .\n")
+        if c.path is not None:
+            out(f"{q} {_PATH} {literal(c.path)} {g} .\n")
+        if c.vtype is not None:
+            out(f"{q} {_VTYPE} {literal(c.vtype)} {g} .\n")
+
+    def _telemetry(self, t_iri: str, t: str, g: str, sample: dict[str, Any], lines: list[str]) -> None:
+        phase = str(sample.get("phase", "sample"))
+        s = f"<{t_iri}/telemetry/{segment(phase)}>"
+        lines.append(f"{t} {iri(PG.telemetry)} {s} {g} .\n")
+        lines.append(f"{s} {_A} {iri(PG.TelemetrySample)} {g} .\n")
+        lines.append(f"{s} {iri(PG.telemetryPhase)} {literal(phase)} {g} .\n")
+        for key, value in sample.items():
+            if key == "phase" or value is None or key not in PG.iris():
+                continue
+            lines.append(f"{s} <{PG.iris()[key]}> {literal(value)} {g} .\n")
