@@ -1,0 +1,35 @@
+"""Sub-commands of the ``provgraph`` CLI, one module each (see :mod:`provgraph.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..settings import Settings, load_settings
+from ..store import Store
+
+__all__ = ["settings_from_args", "open_store"]
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from ``--config``/``--data-dir``/``--store`` plus environment and file."""
+    overrides: dict[str, Any] = dict(extra)
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    if getattr(args, "store", None):
+        overrides["store_path"] = args.store
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def open_store(args: argparse.Namespace, *, write: bool = False) -> Store:
+    """Open the configured store: for writing if asked (ingesting the inbox), else
+    for writing when free (so spooled batches are ingested) and read-only when held."""
+    from ..errors import StoreLockedError
+
+    settings = settings_from_args(args)
+    try:
+        return Store(settings.store_dir)
+    except StoreLockedError:
+        if write:
+            raise
+        return Store(settings.store_dir, read_only=True)
