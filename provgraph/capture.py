@@ -166,7 +166,7 @@ def _default_run() -> RunInfo:
                 _State.default_run = run
                 em = _State.emitter
                 if em is not None:
-                    em.emit(run)
+                    em.emit_control(run)
     return run
 
 
@@ -174,7 +174,7 @@ def _end_default_run(em: Emitter) -> None:
     run = _State.default_run
     if run is not None:
         _State.default_run = None
-        em.emit(RunEnd(run, _time_ns(), "finished"))
+        em.emit_control(RunEnd(run, _time_ns(), "finished"))
 
 
 @atexit.register
@@ -190,6 +190,7 @@ def current_run() -> RunInfo | None:
 
 
 def current_task_id() -> str | None:
+    """The ID of the task executing in the calling context (None outside tasks)."""
     frame = _frame.get()
     return None if frame is None else frame.task_id
 
@@ -224,7 +225,7 @@ class workflow:  # noqa: N801 - used like a function: ``with provgraph.workflow(
                            user=s.user, host=s.hostname, parent_run_id=parent.run_id if parent else None,
                            attributes=self.attributes, source_tool=self.source_tool)
         self._token = _run.set(self.run)
-        em.emit(self.run)
+        em.emit_control(self.run)
         return self.run
 
     def __exit__(self, etype: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -233,9 +234,9 @@ class workflow:  # noqa: N801 - used like a function: ``with provgraph.workflow(
         em = _emitter_or_none()
         if em is not None:
             if exc is None:
-                em.emit(RunEnd(self.run, _time_ns(), "finished"))
+                em.emit_control(RunEnd(self.run, _time_ns(), "finished"))
             else:
-                em.emit(RunEnd(self.run, _time_ns(), "failed", ErrorInfo.from_exception(exc)))
+                em.emit_control(RunEnd(self.run, _time_ns(), "failed", ErrorInfo.from_exception(exc)))
 
     async def __aenter__(self) -> RunInfo:
         return self.__enter__()

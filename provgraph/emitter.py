@@ -101,6 +101,12 @@ class Emitter:
         if n % self._batch == self._batch - 1:
             self._wake.set()
 
+    def emit_control(self, record: Any) -> None:
+        """Enqueue a rare structural record (run start/end) that is never dropped."""
+        self._queue.append(record)
+        if len(self._queue) >= self._max:
+            self._wake.set()
+
     # -- background thread ---------------------------------------------------------
     def _run(self) -> None:
         q = self._queue

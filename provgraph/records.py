@@ -19,6 +19,8 @@ __all__ = ["RunInfo", "TaskRecord", "RunEnd", "RawBatch", "ErrorInfo", "Artifact
 
 @dataclass(slots=True)
 class ErrorInfo:
+    """A failure as recorded: exception type, message and (truncated) traceback."""
+
     type: str
     message: str
     traceback: str | None = None
@@ -48,6 +50,8 @@ class RunInfo:
 
 @dataclass(slots=True)
 class RunEnd:
+    """The end of a workflow run: its time, final status and error, if any."""
+
     run: RunInfo
     ended_ns: int
     status: str

@@ -24,9 +24,14 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
 def open_store(args: argparse.Namespace, *, write: bool = False) -> Store:
     """Open the configured store: for writing if asked (ingesting the inbox), else
     for writing when free (so spooled batches are ingested) and read-only when held."""
-    from ..errors import StoreLockedError
+    from ..errors import NotFoundError, StoreLockedError
 
     settings = settings_from_args(args)
+    if not write and not (settings.store_dir / "CURRENT").exists():
+        raise NotFoundError(
+            f"no provgraph store at {settings.store_dir} (record a workflow first, "
+            "or point --data-dir / --store / PROVGRAPH_DATA_DIR at one)"
+        )
     try:
         return Store(settings.store_dir)
     except StoreLockedError:

@@ -10,6 +10,8 @@ __all__ = ["MemoryTransport"]
 
 
 class MemoryTransport(Transport):
+    """Keeps every published batch in memory; ``nquads()`` returns them as one text."""
+
     name = "memory"
 
     def __init__(self) -> None:
