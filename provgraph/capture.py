@@ -30,8 +30,19 @@ from .records import ErrorInfo, RunEnd, RunInfo, RunIO, TaskRecord
 from .settings import Settings, load_settings
 from .transports import Transport, create_transport
 
-__all__ = ["workflow", "task", "used", "generated", "flush", "shutdown", "configure", "get_emitter",
-           "current_run", "current_task_id", "new_task_id"]
+__all__ = [
+    "configure",
+    "current_run",
+    "current_task_id",
+    "flush",
+    "generated",
+    "get_emitter",
+    "new_task_id",
+    "shutdown",
+    "task",
+    "used",
+    "workflow",
+]
 
 log = logging.getLogger("provgraph")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,7 +70,7 @@ def new_task_id() -> str:
 class _Frame:
     """The task currently executing in this context (cheap: built once per call)."""
 
-    __slots__ = ("n", "token", "run", "extras")
+    __slots__ = ("extras", "n", "run", "token")
 
     def __init__(self, n: int, run: RunInfo) -> None:
         self.n = n
@@ -86,14 +97,18 @@ class _State:
 
 # -- runtime -------------------------------------------------------------------------
 
-def configure(settings: Settings | None = None, *, transport: Transport | None = None,
+def configure(settings: Settings | None = None, *, transport: Transport | str | None = None,
               **overrides: Any) -> Emitter:
     """(Re)configure capture. Shuts down the previous emitter (flushing it).
 
     ``configure(transport=MemoryTransport())`` is how tests capture into memory;
-    keyword overrides are settings fields (``configure(facility="hpc", batch_size=500)``).
+    keyword overrides are settings fields (``configure(facility="hpc", batch_size=500)``);
+    ``transport`` may also name a registered transport (``configure(transport="journal")``).
     Raises :class:`~provgraph.errors.ConfigError` for invalid settings.
     """
+    if isinstance(transport, str):
+        overrides["transport"] = transport
+        transport = None
     with _State.lock:
         old = _State.emitter
         _State.emitter = None
@@ -267,7 +282,7 @@ _SKIP = frozenset({"self", "cls"})
 class FunctionInfo:
     """What the background thread needs to turn a call tuple into a :class:`TaskRecord`."""
 
-    __slots__ = ("fn", "name", "qualname", "_params")
+    __slots__ = ("_params", "fn", "name", "qualname")
 
     def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
         self.fn = fn
@@ -336,7 +351,7 @@ def _outputs(result: Any) -> dict[str, Any]:
     if isinstance(result, tuple) and len(result) <= 64:
         fields = getattr(result, "_fields", None)
         if fields:
-            return dict(zip(fields, result))
+            return dict(zip(fields, result, strict=False))
         return {f"return[{i}]": v for i, v in enumerate(result)}
     if isinstance(result, _Yielded):
         return {f"yield[{i}]": v for i, v in enumerate(result.items)}
@@ -465,7 +480,7 @@ def _wrap_generator(fn: Callable[..., Any], info: FunctionInfo) -> Callable[...,
                     to_send = yield item
         except GeneratorExit:
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
             exc_out = exc
             raise
         finally:
@@ -493,7 +508,7 @@ def _record_io(direction: str, obj: Any, name: str | None) -> None:
         em = _emitter_or_none()
         if em is not None:
             em.emit(RunIO(_run.get() or _default_run(), direction, name, obj))
-    except Exception:  # noqa: BLE001 - never raise into user code
+    except Exception:
         log.debug("provgraph: could not record %s artifact", direction, exc_info=True)
 
 

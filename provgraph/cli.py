@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from .errors import ConfigError, NotFoundError, ParseError, ProvgraphError, QueryError
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 #: command modules under provgraph.commands, in --help order
 COMMANDS: tuple[str, ...] = (

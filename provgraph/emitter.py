@@ -149,7 +149,7 @@ class Emitter:
         if not lines:
             return
         data = "".join(lines).encode("utf-8", "replace")
-        batch = Batch(data, len(lines), tuple(graphs))
+        batch = Batch(data, data.count(b"\n"), tuple(graphs))
         self._counts["records"] += records
         try:
             self.transport.publish(batch)

@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["ni_iri", "hash_bytes", "FileHasher", "hash_array", "NI_PREFIX"]
+__all__ = ["NI_PREFIX", "FileHasher", "hash_array", "hash_bytes", "ni_iri"]
 
 NI_PREFIX = "ni:///sha-256;"
 _CHUNK = 1 << 20

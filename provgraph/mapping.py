@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
@@ -29,7 +29,7 @@ from .namespaces import DCTERMS, PG, PROV, RDF, RDFS, XSD, Minter, segment
 from .records import Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord
 from .settings import Settings
 
-__all__ = ["Mapper", "literal", "iri", "classify"]
+__all__ = ["Mapper", "classify", "iri", "literal"]
 
 
 def iri(value: str) -> str:
@@ -54,6 +54,11 @@ _X_DT, _X_INT, _X_DBL, _X_BOOL = iri(XSD.dateTime), iri(XSD.integer), iri(XSD.do
 
 def literal(value: Any) -> str:
     """The N-Triples literal of a Python scalar (bool, int, float, str, other → str)."""
+    vt = type(value)
+    if vt is int:
+        return f'"{value}"^^{_X_INT}'
+    if vt is str:
+        return '"' + value.translate(_ESC) + '"'
     if value is True:
         return f'"true"^^{_X_BOOL}'
     if value is False:
@@ -73,15 +78,24 @@ def literal(value: Any) -> str:
     return '"' + str(value).translate(_ESC) + '"'
 
 
+_minute_cache: list[Any] = [None, ""]
+
+
 def time_literal(ns: int) -> str:
-    dt = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
-    return f'"{dt.strftime("%Y-%m-%dT%H:%M:%S.%f")}Z"^^{_X_DT}'
+    """``xsd:dateTime`` literal (UTC, microseconds) of a ``time.time_ns()`` value."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    minute, sec = divmod(seconds, 60)
+    cache = _minute_cache
+    if cache[0] != minute:  # the date part is formatted once a minute
+        cache[1] = datetime.fromtimestamp(minute * 60, tz=UTC).strftime("%Y-%m-%dT%H:%M:")
+        cache[0] = minute
+    return '"%s%02d.%06dZ"^^%s' % (cache[1], sec, rest // 1000, _X_DT)
 
 
 class Classified:
     """How one value is represented: a content-hashed artifact or a literal value."""
 
-    __slots__ = ("artifact", "literal", "path", "size", "vtype", "media_type")
+    __slots__ = ("artifact", "literal", "media_type", "path", "size", "vtype")
 
     def __init__(
         self,
@@ -164,7 +178,13 @@ def classify(obj: Any, settings: Settings, hasher: FileHasher) -> Classified:
 
 
 def flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
-    """Named values, with dicts flattened one level (``config.lr``) and tuples indexed."""
+    """Named values, with dicts flattened one level (``config.lr``)."""
+    if not any(type(v) is dict for v in values.values()):
+        return values.items()
+    return _flatten(values)
+
+
+def _flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
     for name, value in values.items():
         if isinstance(value, dict) and value and len(value) <= 64 and all(isinstance(k, str) for k in value):
             for key, sub in value.items():
@@ -181,6 +201,9 @@ class Mapper:
         self.mint = Minter(settings.iri_base)
         self.hasher = hasher or FileHasher(dir_max_files=settings.hash_dir_max_files)
         self._declared: set[tuple[str, str]] = set()
+        self._heads: dict[tuple[Any, ...], tuple[str, str]] = {}
+        self._pending_decl: list[str] = []
+        self._segments: dict[str, tuple[str, str]] = {}
 
     # -- helpers -------------------------------------------------------------
     def _once(self, graph: str, subject: str, lines: list[str], triples: Iterable[tuple[str, str]]) -> None:
@@ -277,28 +300,54 @@ class Mapper:
         if err.traceback:
             lines.append(f"{subject} {_ETB} {literal(err.traceback)} {g} .\n")
 
+    def _task_head(self, rec: TaskRecord, g: str) -> tuple[str, str]:
+        """The lines every task of one (run, name, function, status, user, host) shares,
+        with ``\x00`` standing for the task IRI. Built once, reused for every call."""
+        user = rec.run.user or self.settings.user
+        host = rec.host or rec.run.host or self.settings.hostname
+        key = (g, rec.name, rec.function, rec.status, user, host)
+        cached = self._heads.get(key)
+        if cached is None:
+            decl: list[str] = []
+            u = self._user(g, user, decl)
+            h = self._host(g, host, decl)
+            t = "\x00"
+            parts = [
+                f"{t} {_A} {_ACTIVITY} {g} .\n", f"{t} {_A} {_TASK} {g} .\n",
+                f"{t} {_LABEL} {literal(rec.name)} {g} .\n",
+                f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> {g} .\n",
+                f"{t} {_STATUS} {literal(rec.status)} {g} .\n",
+                f"{t} {_ASSOC} {u} {g} .\n", f"{t} {_AT_LOC} {h} {g} .\n",
+            ]
+            if rec.function:
+                parts.append(f"{t} {_FUNCTION} {literal(rec.function)} {g} .\n")
+            if len(self._heads) > 10_000:
+                self._heads.clear()
+            cached = self._heads[key] = ("".join(parts), h)
+            if decl:  # first use in this graph: declare the user and host once
+                self._pending_decl.extend(decl)
+        return cached
+
     def task(self, rec: TaskRecord) -> list[str]:
         g = self.graph_of(rec.run)
         t_iri = self.mint.task(rec.task_id)
         t = f"<{t_iri}>"
+        head, h = self._task_head(rec, g)
         lines: list[str] = []
+        if self._pending_decl:
+            lines.extend(self._pending_decl)
+            self._pending_decl.clear()
+        lines.append(head.replace("\x00", t))
         out = lines.append
-        out(f"{t} {_A} {_ACTIVITY} {g} .\n")
-        out(f"{t} {_A} {_TASK} {g} .\n")
-        out(f"{t} {_LABEL} {literal(rec.name)} {g} .\n")
-        out(f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> {g} .\n")
-        out(f"{t} {_STATUS} {literal(rec.status)} {g} .\n")
-        if rec.function:
-            out(f"{t} {_FUNCTION} {literal(rec.function)} {g} .\n")
-        if rec.started_ns is not None:
-            out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n")
+        at = None
         if rec.ended_ns is not None:
-            out(f"{t} {_ENDED} {time_literal(rec.ended_ns)} {g} .\n")
-        user = rec.run.user or self.settings.user
-        out(f"{t} {_ASSOC} {self._user(g, user, lines)} {g} .\n")
-        host = rec.host or rec.run.host or self.settings.hostname
-        h = self._host(g, host, lines)
-        out(f"{t} {_AT_LOC} {h} {g} .\n")
+            at = time_literal(rec.ended_ns)
+            if rec.started_ns is not None:
+                out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n{t} {_ENDED} {at} {g} .\n")
+            else:
+                out(f"{t} {_ENDED} {at} {g} .\n")
+        elif rec.started_ns is not None:
+            out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n")
         if rec.parent_id:
             out(f"{t} {_PARENT} <{self.mint.task(rec.parent_id)}> {g} .\n")
         for other in rec.informed_by:
@@ -308,16 +357,36 @@ class Mapper:
         if rec.error is not None:
             self._error(t, g, rec.error, lines)
         for key, value in rec.attributes.items():
-            prop = getattr(PG, key, None) if key in PG.iris() else self.mint.base + "attr/" + segment(key)
+            prop = PG.iris()[key] if key in PG.iris() else self.mint.base + "attr/" + segment(key)
             out(f"{t} <{prop}> {literal(value)} {g} .\n")
+        scalar = self._scalar_lines
         for name, value in flatten(rec.inputs):
-            self._value(t_iri, t, g, "in", name, value, h, None, lines)
-        at = time_literal(rec.ended_ns) if rec.ended_ns is not None else None
+            if not scalar(t_iri, t, g, "in", name, value, lines):
+                self._value(t_iri, t, g, "in", name, value, h, None, lines)
         for name, value in flatten(rec.outputs):
-            self._value(t_iri, t, g, "out", name, value, h, at, lines)
+            if not scalar(t_iri, t, g, "out", name, value, lines):
+                self._value(t_iri, t, g, "out", name, value, h, at, lines)
         for sample in rec.telemetry:
             self._telemetry(t_iri, t, g, sample, lines)
         return lines
+
+    def _scalar_lines(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
+                      lines: list[str]) -> bool:
+        """Fast path for numbers, booleans and short plain strings; False if not one."""
+        vt = type(value)
+        if vt is int or vt is float or vt is bool:
+            lit = literal(value)
+        elif vt is str and len(value) < 256 and "/" not in value and "." not in value and "\\" not in value:
+            lit = '"' + value.translate(_ESC) + '"'
+        else:
+            return False
+        seg = self._segments.get(name)
+        if seg is None:
+            seg = self._segments[name] = (segment(name), literal(name))
+        e = f"<{t_iri}/{direction}/{seg[0]}>"
+        link = f"{t} {_USED} {e} {g} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} {g} .\n"
+        lines.append(f"{e} {_A} {_ENTITY} {g} .\n{e} {_PNAME} {seg[1]} {g} .\n{e} {_VALUE} {lit} {g} .\n{link}")
+        return True
 
     def _value(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
                host: str, at: str | None, lines: list[str]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import quote
 
-__all__ = ["PG", "PROV", "RDF", "RDFS", "XSD", "DCTERMS", "Minter", "PG_NS", "PROV_NS"]
+__all__ = ["DCTERMS", "PG", "PG_NS", "PROV", "PROV_NS", "RDF", "RDFS", "XSD", "Minter"]
 
 PROV_NS: Final = "http://www.w3.org/ns/prov#"
 PG_NS: Final = "https://w3id.org/provgraph/ns#"
@@ -61,14 +61,14 @@ class PROV(_Vocabulary):
         "qualifiedAssociation", "entity", "activity", "agent", "hadPlan", "hadRole",
         "atTime", "hadMember", "wasStartedBy", "wasEndedBy", "wasInvalidatedBy",
     )  # fmt: skip
-    Activity: str; Entity: str; Agent: str; Person: str; SoftwareAgent: str; Plan: str  # noqa: E702
-    Location: str; Usage: str; Generation: str; Association: str; Collection: str  # noqa: E702
-    used: str; wasGeneratedBy: str; wasAssociatedWith: str; wasInformedBy: str  # noqa: E702
-    wasDerivedFrom: str; wasAttributedTo: str; actedOnBehalfOf: str; startedAtTime: str  # noqa: E702
-    endedAtTime: str; generatedAtTime: str; atLocation: str; value: str  # noqa: E702
-    qualifiedUsage: str; qualifiedGeneration: str; qualifiedAssociation: str  # noqa: E702
-    entity: str; activity: str; agent: str; hadPlan: str; hadRole: str; atTime: str  # noqa: E702
-    hadMember: str; wasStartedBy: str; wasEndedBy: str; wasInvalidatedBy: str  # noqa: E702
+    Activity: str; Entity: str; Agent: str; Person: str; SoftwareAgent: str; Plan: str
+    Location: str; Usage: str; Generation: str; Association: str; Collection: str
+    used: str; wasGeneratedBy: str; wasAssociatedWith: str; wasInformedBy: str
+    wasDerivedFrom: str; wasAttributedTo: str; actedOnBehalfOf: str; startedAtTime: str
+    endedAtTime: str; generatedAtTime: str; atLocation: str; value: str
+    qualifiedUsage: str; qualifiedGeneration: str; qualifiedAssociation: str
+    entity: str; activity: str; agent: str; hadPlan: str; hadRole: str; atTime: str
+    hadMember: str; wasStartedBy: str; wasEndedBy: str; wasInvalidatedBy: str
 
 
 class PG(_Vocabulary):
@@ -95,18 +95,18 @@ class PG(_Vocabulary):
         # source tool
         "sourceTool", "externalId",
     )  # fmt: skip
-    Campaign: str; Workflow: str; WorkflowRun: str; Task: str; Host: str  # noqa: E702
-    Facility: str; User: str; DataArtifact: str; Value: str; TelemetrySample: str  # noqa: E702
-    inCampaign: str; inWorkflowRun: str; executesWorkflow: str; parentTask: str  # noqa: E702
-    function: str; status: str; attempt: str; host: str; facility: str; hostname: str  # noqa: E702
-    contentHash: str; hashAlgorithm: str; path: str; sizeBytes: str  # noqa: E702
-    parameterName: str; valueType: str; mediaType: str  # noqa: E702
-    errorType: str; errorMessage: str; traceback: str  # noqa: E702
-    telemetry: str; telemetryPhase: str; cpuPercent: str; cpuTimeUser: str  # noqa: E702
-    cpuTimeSystem: str; memoryRss: str; memoryPercent: str; diskReadBytes: str  # noqa: E702
-    diskWriteBytes: str; netSentBytes: str; netRecvBytes: str; gpuIndex: str  # noqa: E702
-    gpuMemoryUsed: str; gpuUtilization: str; gpuPowerWatts: str; sampledAt: str  # noqa: E702
-    sourceTool: str; externalId: str  # noqa: E702
+    Campaign: str; Workflow: str; WorkflowRun: str; Task: str; Host: str
+    Facility: str; User: str; DataArtifact: str; Value: str; TelemetrySample: str
+    inCampaign: str; inWorkflowRun: str; executesWorkflow: str; parentTask: str
+    function: str; status: str; attempt: str; host: str; facility: str; hostname: str
+    contentHash: str; hashAlgorithm: str; path: str; sizeBytes: str
+    parameterName: str; valueType: str; mediaType: str
+    errorType: str; errorMessage: str; traceback: str
+    telemetry: str; telemetryPhase: str; cpuPercent: str; cpuTimeUser: str
+    cpuTimeSystem: str; memoryRss: str; memoryPercent: str; diskReadBytes: str
+    diskWriteBytes: str; netSentBytes: str; netRecvBytes: str; gpuIndex: str
+    gpuMemoryUsed: str; gpuUtilization: str; gpuPowerWatts: str; sampledAt: str
+    sourceTool: str; externalId: str
 
 
 class RDF(_Vocabulary):

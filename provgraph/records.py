@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunInfo", "TaskRecord", "RunEnd", "RawBatch", "ErrorInfo", "Artifact"]
+__all__ = ["Artifact", "ErrorInfo", "RawBatch", "RunEnd", "RunInfo", "TaskRecord"]
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import getpass
 import os
 import re
 import socket
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,12 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["Settings", "load_settings", "default_data_dir"]
+__all__ = ["Settings", "default_data_dir", "load_settings"]
 
 TransportName = Literal["auto", "store", "journal", "nats", "memory", "none"]
 _FACILITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
@@ -40,7 +35,7 @@ def default_data_dir() -> Path:
 def _default_user() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
         return "unknown"
 
 
@@ -80,7 +75,8 @@ class Settings(BaseSettings):
     flush_interval: float = Field(default=0.5, gt=0, le=3600)
     publish_timeout: float = Field(default=5.0, gt=0)
     hash_files: bool = True
-    hash_min_bytes: int = Field(default=32, ge=1, description="bytes-like values this long or longer are content-hashed")
+    hash_min_bytes: int = Field(default=32, ge=1,
+                                description="bytes-like values this long or longer are content-hashed")
     hash_min_chars: int = Field(default=4096, ge=1, description="strings this long or longer are content-hashed")
     hash_dir_max_files: int = Field(default=10_000, ge=0)
     value_max_chars: int = Field(default=512, ge=16)

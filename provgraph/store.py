@@ -21,7 +21,7 @@ import pyoxigraph as ox
 from .errors import ParseError, QueryError, StoreError, StoreLockedError
 from .namespaces import PG, PROV, RDF
 
-__all__ = ["Store", "FORMATS"]
+__all__ = ["FORMATS", "Store"]
 
 #: short names → pyoxigraph formats (RDF serializations the store reads and writes)
 FORMATS: dict[str, ox.RdfFormat] = {

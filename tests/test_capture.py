@@ -78,16 +78,16 @@ def test_nested_tasks_link_parent(memory: provgraph.MemoryTransport) -> None:
 
 
 def test_exception_propagates_unchanged_and_is_recorded(memory: provgraph.MemoryTransport) -> None:
-    class Boom(RuntimeError):
+    class BoomError(RuntimeError):
         pass
 
-    original = Boom("disk on fire")
+    original = BoomError("disk on fire")
 
     @provgraph.task
     def explode(n: int) -> None:
         raise original
 
-    with pytest.raises(Boom) as info, provgraph.workflow("failing"):
+    with pytest.raises(BoomError) as info, provgraph.workflow("failing"):
         explode(3)
     assert info.value is original
     frames = traceback.extract_tb(info.value.__traceback__)
@@ -98,7 +98,7 @@ def test_exception_propagates_unchanged_and_is_recorded(memory: provgraph.Memory
              pg:inWorkflowRun/pg:status ?runstatus }""")
     assert len(rows) == 1
     assert (rows[0]["status"], rows[0]["etype"], rows[0]["msg"], rows[0]["runstatus"]) == (
-        "failed", "test_exception_propagates_unchanged_and_is_recorded.<locals>.Boom", "disk on fire", "failed")
+        "failed", "test_exception_propagates_unchanged_and_is_recorded.<locals>.BoomError", "disk on fire", "failed")
     assert "raise original" in rows[0]["tb"]
 
 
@@ -217,7 +217,8 @@ def test_explicit_used_and_generated(memory: provgraph.MemoryTransport, tmp_path
         provgraph.used(out, name="final-model")  # at run level, outside any task
     store = _store(memory)
     rows = select(store, """SELECT ?dir ?name WHERE {
-        { ?t prov:qualifiedUsage ?q . BIND("in" AS ?dir) } UNION { ?e prov:qualifiedGeneration ?q . BIND("out" AS ?dir) }
+        { ?t prov:qualifiedUsage ?q . BIND("in" AS ?dir) }
+        UNION { ?e prov:qualifiedGeneration ?q . BIND("out" AS ?dir) }
         ?q pg:parameterName ?name } ORDER BY ?dir ?name""")
     assert [(r["dir"], r["name"]) for r in rows] == [("in", "config.yaml"), ("in", "final-model"), ("out", "model")]
 

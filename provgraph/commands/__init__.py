@@ -8,7 +8,7 @@ from typing import Any
 from ..settings import Settings, load_settings
 from ..store import Store
 
-__all__ = ["settings_from_args", "open_store"]
+__all__ = ["open_store", "settings_from_args"]
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:

@@ -17,8 +17,15 @@ from .memory import MemoryTransport
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Batch", "Transport", "JournalTransport", "MemoryTransport", "NullTransport", "REGISTRY",
-           "create_transport"]
+__all__ = [
+    "REGISTRY",
+    "Batch",
+    "JournalTransport",
+    "MemoryTransport",
+    "NullTransport",
+    "Transport",
+    "create_transport",
+]
 
 
 class NullTransport(Transport):

@@ -23,13 +23,13 @@ from pathlib import Path
 
 from .base import Batch, Transport
 
-__all__ = ["JournalTransport", "read_journal", "journal_files", "JournalBatch"]
+__all__ = ["JournalBatch", "JournalTransport", "journal_files", "read_journal"]
 
 _MAGIC = b"#pgbatch "
 
 
 class JournalBatch:
-    __slots__ = ("batch_id", "nquads", "triples", "end_offset")
+    __slots__ = ("batch_id", "end_offset", "nquads", "triples")
 
     def __init__(self, batch_id: str, nquads: bytes, triples: int, end_offset: int) -> None:
         self.batch_id = batch_id
