@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -89,6 +90,7 @@ def measure(transport: str, n: int, repeats: int, nats_url: str | None) -> dict[
             rows["full_decorated"].append(fd)
     stats = em.stats()
     provgraph.shutdown(60)
+    shutil.rmtree(data, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {
         "transport": transport,
