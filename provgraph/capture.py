@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from .emitter import Emitter
 from .errors import ConfigError
@@ -287,7 +287,7 @@ class FunctionInfo:
     def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
         self.fn = fn
         self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-        self.name = name or getattr(fn, "__name__", "task")
+        self.name: str = name or str(getattr(fn, "__name__", "task"))
         self._params: tuple[list[str], str | None, dict[str, Any]] | None = None
 
     def _signature(self) -> tuple[list[str], str | None, dict[str, Any]]:
@@ -380,13 +380,19 @@ def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
     and re-raised unchanged. Works on functions, methods, ``async def`` and generators.
     """
     if fn is None:
-        return lambda f: task(f, name=name)
+        return lambda f: _decorate(f, name)
+    return _decorate(fn, name)
+
+
+def _decorate(fn: F, name: str | None) -> F:
     info = FunctionInfo(fn, name)
     if inspect.iscoroutinefunction(fn):
-        return _wrap_async(fn, info)  # type: ignore[return-value]
-    if inspect.isgeneratorfunction(fn):
-        return _wrap_generator(fn, info)  # type: ignore[return-value]
-    return _wrap_sync(fn, info)  # type: ignore[return-value]
+        wrapped = _wrap_async(fn, info)
+    elif inspect.isgeneratorfunction(fn):
+        wrapped = _wrap_generator(fn, info)
+    else:
+        wrapped = _wrap_sync(fn, info)
+    return cast(F, wrapped)
 
 
 def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
@@ -469,7 +475,7 @@ def _wrap_generator(fn: Callable[..., Any], info: FunctionInfo) -> Callable[...,
                 except GeneratorExit:
                     gen.close()
                     raise
-                except BaseException as thrown:  # forwarded into the user's generator
+                except BaseException as thrown:  # noqa: BLE001 - forwarded into the user's generator
                     token = _frame.set(frame)
                     try:
                         item = gen.throw(thrown)
@@ -480,7 +486,7 @@ def _wrap_generator(fn: Callable[..., Any], info: FunctionInfo) -> Callable[...,
                     to_send = yield item
         except GeneratorExit:
             raise
-        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+        except BaseException as exc:  # recorded, then re-raised
             exc_out = exc
             raise
         finally:

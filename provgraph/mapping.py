@@ -42,9 +42,11 @@ _ESC = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 _A = iri(RDF.type)
 _ACTIVITY, _ENTITY, _TASK, _RUN = iri(PROV.Activity), iri(PROV.Entity), iri(PG.Task), iri(PG.WorkflowRun)
 _ARTIFACT, _USAGE, _GENERATION = iri(PG.DataArtifact), iri(PROV.Usage), iri(PROV.Generation)
-_USED, _GEN_BY, _Q_USAGE, _Q_GEN = iri(PROV.used), iri(PROV.wasGeneratedBy), iri(PROV.qualifiedUsage), iri(PROV.qualifiedGeneration)
+_USED, _GEN_BY = iri(PROV.used), iri(PROV.wasGeneratedBy)
+_Q_USAGE, _Q_GEN = iri(PROV.qualifiedUsage), iri(PROV.qualifiedGeneration)
 _P_ENTITY, _P_ACTIVITY, _AT_TIME = iri(PROV.entity), iri(PROV.activity), iri(PROV.atTime)
-_STARTED, _ENDED, _VALUE, _ASSOC = iri(PROV.startedAtTime), iri(PROV.endedAtTime), iri(PROV.value), iri(PROV.wasAssociatedWith)
+_STARTED, _ENDED = iri(PROV.startedAtTime), iri(PROV.endedAtTime)
+_VALUE, _ASSOC = iri(PROV.value), iri(PROV.wasAssociatedWith)
 _AT_LOC, _INFORMED, _LABEL = iri(PROV.atLocation), iri(PROV.wasInformedBy), iri(RDFS.label)
 _STATUS, _IN_RUN, _FUNCTION, _PARENT = iri(PG.status), iri(PG.inWorkflowRun), iri(PG.function), iri(PG.parentTask)
 _PNAME, _PATH, _SIZE, _VTYPE = iri(PG.parameterName), iri(PG.path), iri(PG.sizeBytes), iri(PG.valueType)
@@ -58,7 +60,7 @@ def literal(value: Any) -> str:
     if vt is int:
         return f'"{value}"^^{_X_INT}'
     if vt is str:
-        return '"' + value.translate(_ESC) + '"'
+        return '"' + str(value).translate(_ESC) + '"'
     if value is True:
         return f'"true"^^{_X_BOOL}'
     if value is False:
@@ -89,7 +91,7 @@ def time_literal(ns: int) -> str:
     if cache[0] != minute:  # the date part is formatted once a minute
         cache[1] = datetime.fromtimestamp(minute * 60, tz=UTC).strftime("%Y-%m-%dT%H:%M:")
         cache[0] = minute
-    return '"%s%02d.%06dZ"^^%s' % (cache[1], sec, rest // 1000, _X_DT)
+    return '"%s%02d.%06dZ"^^%s' % (cache[1], sec, rest // 1000, _X_DT)  # noqa: UP031 - fastest here
 
 
 class Classified:
@@ -124,7 +126,8 @@ def classify(obj: Any, settings: Settings, hasher: FileHasher) -> Classified:
         return Classified(literal=None if obj is None else literal(obj), vtype=type(obj).__name__)
     if isinstance(obj, Artifact):
         if obj.data is not None:
-            return Classified(artifact=hash_bytes(obj.data), size=len(obj.data), media_type=obj.media_type, vtype="bytes")
+            return Classified(artifact=hash_bytes(obj.data), size=len(obj.data), media_type=obj.media_type,
+                              vtype="bytes")
         if obj.path is not None:
             found = hasher.hash_path(obj.path)
             if found is not None:
@@ -224,7 +227,8 @@ class Mapper:
 
     def _user(self, graph: str, user: str, lines: list[str]) -> str:
         u = iri(self.mint.user(user))
-        self._once(graph, u, lines, ((_A, iri(PROV.Agent)), (_A, iri(PROV.Person)), (_A, iri(PG.User)), (_LABEL, literal(user))))
+        self._once(graph, u, lines, ((_A, iri(PROV.Agent)), (_A, iri(PROV.Person)), (_A, iri(PG.User)),
+                                     (_LABEL, literal(user))))
         return u
 
     def graph_of(self, run: RunInfo) -> str:
