@@ -91,11 +91,11 @@ class Captured:
             by_iri[r["t"]] = task
             out.append(task)
         for r in io:
-            task = by_iri.get(r["t"])
-            if task is None or r["name"] is None:
+            owner = by_iri.get(r["t"])
+            if owner is None or r["name"] is None:
                 continue
             value = typed.get((r["t"], r["e"], "v"), r["e"])
-            task["inputs" if r["dir"] == "in" else "outputs"][r["name"]] = value
+            owner["inputs" if r["dir"] == "in" else "outputs"][r["name"]] = value
         return out
 
 
