@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     campaign: str | None = Field(default=None, description="Campaign of runs that name none")
     data_dir: Path = Field(default_factory=default_data_dir)
     store_path: Path | None = Field(default=None, description="On-disk store; default data_dir/store")
+    store_url: str | None = Field(
+        default=None,
+        description="Oxigraph server (http://host:7878) or SPARQL 1.1 store to use instead of the on-disk store",
+    )
+    store_token: str | None = Field(default=None, description="bearer token for store_url")
     transport: TransportName = "auto"
     nats_url: str | None = Field(default=None, description="nats://host:4222; unset = no NATS")
     nats_user: str | None = None

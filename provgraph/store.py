@@ -14,12 +14,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
 from .errors import ParseError, QueryError, StoreError, StoreLockedError
 from .namespaces import PG, PROV, RDF
+
+if TYPE_CHECKING:
+    from .remote import RemoteStore
+    from .settings import Settings
 
 __all__ = ["FORMATS", "Store"]
 
@@ -196,3 +200,13 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_backend(settings: Settings, *, read_only: bool = False) -> Store | RemoteStore:
+    """The configured store: an Oxigraph/SPARQL server when ``store_url`` is set, else
+    the on-disk store (read-only opens a snapshot another process may be writing)."""
+    if settings.store_url:
+        from .remote import RemoteStore
+
+        return RemoteStore(settings.store_url, token=settings.store_token, timeout=settings.query_timeout)
+    return Store(settings.store_dir, read_only=read_only)

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ..settings import Settings, load_settings
-from ..store import Store
+from ..remote import RemoteStore
+from ..store import Store, open_backend
 
 __all__ = ["open_store", "settings_from_args"]
 
@@ -21,12 +22,15 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(getattr(args, "config", None), **overrides)
 
 
-def open_store(args: argparse.Namespace, *, write: bool = False) -> Store:
-    """Open the configured store: for writing if asked (ingesting the inbox), else
-    for writing when free (so spooled batches are ingested) and read-only when held."""
+def open_store(args: argparse.Namespace, *, write: bool = False) -> Store | RemoteStore:
+    """Open the configured store: the server at ``store_url`` if set; else the on-disk
+    store, for writing when free (so spooled batches are ingested) and read-only when
+    another process holds it (unless ``write`` is asked)."""
     from ..errors import NotFoundError, StoreLockedError
 
     settings = settings_from_args(args)
+    if settings.store_url:
+        return open_backend(settings)
     if not write and not (settings.store_dir / "CURRENT").exists():
         raise NotFoundError(
             f"no provgraph store at {settings.store_dir} (record a workflow first, "

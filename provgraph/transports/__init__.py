@@ -40,6 +40,10 @@ class NullTransport(Transport):
 def _store(settings: Settings) -> Transport:
     from .store import StoreTransport
 
+    if settings.store_url:
+        from ..store import open_backend
+
+        return StoreTransport(None, store=open_backend(settings))
     return StoreTransport(settings.store_dir, inbox_max_bytes=settings.journal_max_bytes)
 
 

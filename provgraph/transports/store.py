@@ -10,31 +10,32 @@ import os
 from pathlib import Path
 
 from ..errors import StoreLockedError
+from ..remote import RemoteStore
 from ..store import Store
 from .base import Batch, Transport
 from .journal import JournalTransport
 
 __all__ = ["StoreTransport"]
 
-_INHERITED: list[Store] = []
+_INHERITED: list[Store | RemoteStore] = []
 
 
 class StoreTransport(Transport):
     name = "store"
 
-    def __init__(self, path: str | os.PathLike[str] | None, *, store: Store | None = None,
+    def __init__(self, path: str | os.PathLike[str] | None, *, store: Store | RemoteStore | None = None,
                  inbox_max_bytes: int = 1 << 30) -> None:
         self.path = Path(path) if path is not None else None
-        self._store = store
+        self._store: Store | RemoteStore | None = store
         self._owns = store is None
         self._inbox: JournalTransport | None = None
         self._inbox_max = inbox_max_bytes
 
     @property
-    def store(self) -> Store | None:
+    def store(self) -> Store | RemoteStore | None:
         return self._store
 
-    def _target(self) -> Store | JournalTransport:
+    def _target(self) -> Store | RemoteStore | JournalTransport:
         if self._store is not None:
             return self._store
         if self._inbox is not None:
@@ -49,10 +50,10 @@ class StoreTransport(Transport):
 
     def publish(self, batch: Batch) -> None:
         target = self._target()
-        if isinstance(target, Store):
-            target.add_nquads(batch.nquads)
-        else:
+        if isinstance(target, JournalTransport):
             target.publish(batch)
+        else:
+            target.add_nquads(batch.nquads)
 
     def flush(self, timeout: float) -> bool:
         if self._inbox is not None:
@@ -74,6 +75,6 @@ class StoreTransport(Transport):
     def after_fork(self) -> None:
         # RocksDB handles must not cross fork: the child opens its own (or spools).
         if self._owns and self._store is not None:
-            _INHERITED.append(self._store)  # never closed in the child
+            _INHERITED.append(self._store)  # never closed in the child (RocksDB handles)
             self._store = None
         self._inbox = None
