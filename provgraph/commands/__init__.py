@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..settings import Settings, load_settings
 from ..remote import RemoteStore
+from ..settings import Settings, load_settings
 from ..store import Store, open_backend
 
 __all__ = ["open_store", "settings_from_args"]
