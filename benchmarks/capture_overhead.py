@@ -69,7 +69,8 @@ def full_cost(decorated: Any, n: int) -> tuple[float, float, bool]:
 
 def measure(transport: str, n: int, repeats: int, nats_url: str | None) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="pg-bench-")
-    overrides: dict[str, Any] = {"data_dir": data, "queue_size": max(n * 2, 1000), "transport": transport}
+    overrides: dict[str, Any] = {"data_dir": data, "queue_size": max(n * 2, 1000), "transport": transport,
+                                 "journal_max_bytes": 1 << 40}
     if transport == "nats":
         overrides["nats_url"] = nats_url
     em = provgraph.configure(**overrides)
