@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -77,6 +78,8 @@ class Emitter:
         self._counts = {"dropped": 0, "records": 0, "failed_records": 0, "batches": 0, "triples": 0,
                         "failed_batches": 0, "spilled_batches": 0, "lost_batches": 0}
         self._closed = False
+        self._token = secrets.token_hex(8)
+        self._seq = 0
         self._start()
         _EMITTERS.add(self)
         if register_atexit:
@@ -149,7 +152,9 @@ class Emitter:
         if not lines:
             return
         data = "".join(lines).encode("utf-8", "replace")
-        batch = Batch(data, data.count(b"\n"), tuple(graphs))
+        self._seq += 1
+        # a cheap, unique and stable ID: re-sending this batch (retry, spill, replay) reuses it
+        batch = Batch(data, data.count(b"\n"), tuple(graphs), batch_id=f"{self._token}-{self._seq}")
         self._counts["records"] += records
         try:
             self.transport.publish(batch)
@@ -220,6 +225,8 @@ class Emitter:
         return out
 
     def _after_fork(self) -> None:
+        self._token = secrets.token_hex(8)
+        self._seq = 0
         self._log_once = _LogOnce()
         self._counts = dict.fromkeys(self._counts, 0)
         self.mapper = Mapper(self.settings, self.mapper.hasher)
