@@ -29,9 +29,9 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .mapping import Mapper
+from .mapping import TRIG_HEADER, Mapper
 from .settings import Settings
-from .transports.base import Batch, Transport
+from .transports.base import NQUADS, TRIG, Batch, Transport
 from .transports.journal import JournalTransport
 
 __all__ = ["Emitter"]
@@ -60,6 +60,7 @@ class _LogOnce:
 
 
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
+_HEADER_LINES = TRIG_HEADER.count(" .\n")
 
 
 class Emitter:
@@ -124,38 +125,57 @@ class Emitter:
                 return
 
     def _drain(self, q: deque[Any]) -> None:
-        lines: list[str] = []
-        graphs: set[str] = set()
+        groups: dict[str, list[str]] = {}
+        raw: list[str] = []
         records = 0
         mapper = self.mapper
         while q:
             item = q.popleft()
             if isinstance(item, _FlushMarker):
-                self._publish(lines, graphs, records)
-                lines, graphs, records = [], set(), 0
+                self._publish(groups, raw, records)
+                groups, raw, records = {}, [], 0
                 item.ok = self._transport_flush()
                 item.done.set()
                 continue
             try:
-                lines.extend(mapper.map(item))
+                graph, statements = mapper.map(item)
+                if graph is None:
+                    raw.extend(statements)
+                else:
+                    group = groups.get(graph)
+                    if group is None:
+                        group = groups[graph] = []
+                    group.extend(statements)
                 records += 1
             except Exception:  # noqa: BLE001
                 self._counts["failed_records"] += 1
                 self._log_once(f"map:{type(item).__qualname__}", "provgraph: could not map a %s record",
                                type(item).__qualname__)
             if records >= self._batch:
-                self._publish(lines, graphs, records)
-                lines, graphs, records = [], set(), 0
-        self._publish(lines, graphs, records)
+                self._publish(groups, raw, records)
+                groups, raw, records = {}, [], 0
+        self._publish(groups, raw, records)
 
-    def _publish(self, lines: list[str], graphs: set[str], records: int) -> None:
-        if not lines:
-            return
-        data = "".join(lines).encode("utf-8", "replace")
+    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int) -> None:
+        """One TriG batch for the mapped records (and an N-Quads one for raw RDF)."""
+        self._counts["records"] += records
+        if groups:
+            parts = [TRIG_HEADER]
+            for graph, statements in groups.items():
+                parts.append(f"{graph} {{\n")
+                parts.extend(statements)
+                parts.append("}\n")
+            data = "".join(parts).encode("utf-8", "replace")
+            triples = data.count(b" .\n") - _HEADER_LINES
+            self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
+        if raw:
+            data = "".join(raw).encode("utf-8", "replace")
+            self._send(data, data.count(b"\n"), (), NQUADS)
+
+    def _send(self, data: bytes, triples: int, graphs: tuple[str, ...], content_type: str) -> None:
         self._seq += 1
         # a cheap, unique and stable ID: re-sending this batch (retry, spill, replay) reuses it
-        batch = Batch(data, data.count(b"\n"), tuple(graphs), batch_id=f"{self._token}-{self._seq}")
-        self._counts["records"] += records
+        batch = Batch(data, triples, graphs, batch_id=f"{self._token}-{self._seq}", content_type=content_type)
         try:
             self.transport.publish(batch)
             self._counts["batches"] += 1

@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from .hashing import FileHasher, hash_array, hash_bytes
-from .namespaces import DCTERMS, PG, PROV, RDF, RDFS, XSD, Minter, segment
+from .namespaces import DCTERMS, DCTERMS_NS, PG, PG_NS, PROV, PROV_NS, RDFS, RDFS_NS, XSD, XSD_NS, Minter, segment
 from .records import Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord
 from .settings import Settings
 
@@ -36,37 +36,51 @@ def iri(value: str) -> str:
     return f"<{value}>"
 
 
+#: prefixes of the Turtle/TriG the mapper writes (the emitter puts them at the top of a batch)
+PREFIXES: dict[str, str] = {"prov": PROV_NS, "pg": PG_NS, "rdfs": RDFS_NS, "xsd": XSD_NS, "dcterms": DCTERMS_NS}
+TRIG_HEADER = "".join(f"@prefix {p}: <{ns}> .\n" for p, ns in PREFIXES.items())
+
+
+def term(value: str) -> str:
+    """A vocabulary IRI as a prefixed name (``prov:used``), else ``<iri>``."""
+    for prefix, ns in PREFIXES.items():
+        if value.startswith(ns) and value[len(ns):].isalnum():
+            return f"{prefix}:{value[len(ns):]}"
+    return f"<{value}>"
+
+
 _ESC = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 # N-Triples forms of the terms used on the hot path.
-_A = iri(RDF.type)
-_ACTIVITY, _ENTITY, _TASK, _RUN = iri(PROV.Activity), iri(PROV.Entity), iri(PG.Task), iri(PG.WorkflowRun)
-_ARTIFACT, _USAGE, _GENERATION = iri(PG.DataArtifact), iri(PROV.Usage), iri(PROV.Generation)
-_USED, _GEN_BY = iri(PROV.used), iri(PROV.wasGeneratedBy)
-_Q_USAGE, _Q_GEN = iri(PROV.qualifiedUsage), iri(PROV.qualifiedGeneration)
-_P_ENTITY, _P_ACTIVITY, _AT_TIME = iri(PROV.entity), iri(PROV.activity), iri(PROV.atTime)
-_STARTED, _ENDED = iri(PROV.startedAtTime), iri(PROV.endedAtTime)
-_VALUE, _ASSOC = iri(PROV.value), iri(PROV.wasAssociatedWith)
-_AT_LOC, _INFORMED, _LABEL = iri(PROV.atLocation), iri(PROV.wasInformedBy), iri(RDFS.label)
-_STATUS, _IN_RUN, _FUNCTION, _PARENT = iri(PG.status), iri(PG.inWorkflowRun), iri(PG.function), iri(PG.parentTask)
-_PNAME, _PATH, _SIZE, _VTYPE = iri(PG.parameterName), iri(PG.path), iri(PG.sizeBytes), iri(PG.valueType)
-_ETYPE, _EMSG, _ETB, _ATTEMPT = iri(PG.errorType), iri(PG.errorMessage), iri(PG.traceback), iri(PG.attempt)
-_X_DT, _X_INT, _X_DBL, _X_BOOL = iri(XSD.dateTime), iri(XSD.integer), iri(XSD.double), iri(XSD.boolean)
+_A = "a"
+_ACTIVITY, _ENTITY, _TASK, _RUN = term(PROV.Activity), term(PROV.Entity), term(PG.Task), term(PG.WorkflowRun)
+_ARTIFACT, _USAGE, _GENERATION = term(PG.DataArtifact), term(PROV.Usage), term(PROV.Generation)
+_USED, _GEN_BY = term(PROV.used), term(PROV.wasGeneratedBy)
+_Q_USAGE, _Q_GEN = term(PROV.qualifiedUsage), term(PROV.qualifiedGeneration)
+_P_ENTITY, _P_ACTIVITY, _AT_TIME = term(PROV.entity), term(PROV.activity), term(PROV.atTime)
+_STARTED, _ENDED = term(PROV.startedAtTime), term(PROV.endedAtTime)
+_VALUE, _ASSOC = term(PROV.value), term(PROV.wasAssociatedWith)
+_AT_LOC, _INFORMED, _LABEL = term(PROV.atLocation), term(PROV.wasInformedBy), term(RDFS.label)
+_STATUS, _IN_RUN, _FUNCTION, _PARENT = term(PG.status), term(PG.inWorkflowRun), term(PG.function), term(PG.parentTask)
+_PNAME, _PATH, _SIZE, _VTYPE = term(PG.parameterName), term(PG.path), term(PG.sizeBytes), term(PG.valueType)
+_ETYPE, _EMSG, _ETB, _ATTEMPT = term(PG.errorType), term(PG.errorMessage), term(PG.traceback), term(PG.attempt)
+_X_DT, _X_DBL = term(XSD.dateTime), term(XSD.double)
 
 
 def literal(value: Any) -> str:
-    """The N-Triples literal of a Python scalar (bool, int, float, str, other → str)."""
+    """The Turtle literal of a Python scalar (bool, int, float, str, other → str),
+    using the ``xsd:`` prefix of :data:`PREFIXES`."""
     vt = type(value)
     if vt is int:
-        return f'"{value}"^^{_X_INT}'
+        return str(value)
     if vt is str:
         return '"' + str(value).translate(_ESC) + '"'
     if value is True:
-        return f'"true"^^{_X_BOOL}'
+        return "true"
     if value is False:
-        return f'"false"^^{_X_BOOL}'
+        return "false"
     if isinstance(value, int):
-        return f'"{int(value)}"^^{_X_INT}'
+        return str(int(value))
     if isinstance(value, float):
         if math.isnan(value):
             text = "NaN"
@@ -217,17 +231,17 @@ class Mapper:
             self._declared.clear()
         self._declared.add(key)
         for p, o in triples:
-            lines.append(f"{subject} {p} {o} {graph} .\n")
+            lines.append(f"{subject} {p} {o} .\n")
 
     def _host(self, graph: str, host: str, lines: list[str]) -> str:
         h = iri(self.mint.host(host))
-        self._once(graph, h, lines, ((_A, iri(PROV.Location)), (_A, iri(PG.Host)), (iri(PG.hostname), literal(host)),
-                                     (iri(PG.facility), iri(self.mint.facility(self.settings.facility)))))
+        self._once(graph, h, lines, ((_A, term(PROV.Location)), (_A, term(PG.Host)), (term(PG.hostname), literal(host)),
+                                     (term(PG.facility), iri(self.mint.facility(self.settings.facility)))))
         return h
 
     def _user(self, graph: str, user: str, lines: list[str]) -> str:
         u = iri(self.mint.user(user))
-        self._once(graph, u, lines, ((_A, iri(PROV.Agent)), (_A, iri(PROV.Person)), (_A, iri(PG.User)),
+        self._once(graph, u, lines, ((_A, term(PROV.Agent)), (_A, term(PROV.Person)), (_A, term(PG.User)),
                                      (_LABEL, literal(user))))
         return u
 
@@ -235,20 +249,31 @@ class Mapper:
         return iri(self.mint.graph(run.run_id))
 
     # -- records -------------------------------------------------------------
-    def map(self, item: Any) -> list[str]:
-        if isinstance(item, TaskRecord):
-            return self.task(item)
+    def map(self, item: Any) -> tuple[str | None, list[str]]:
+        """``(graph, statements)``: Turtle statements (one triple per line, prefixes of
+        :data:`PREFIXES`) for the named graph ``graph``; for a :class:`RawBatch`,
+        ``(None, [n-quads])``."""
         if isinstance(item, tuple):  # a CallRecord from the task decorator
-            return self.task(item[0].to_record(item))
+            rec = item[0].to_record(item)
+            return self.graph_of(rec.run), self.task(rec)
+        if isinstance(item, TaskRecord):
+            return self.graph_of(item.run), self.task(item)
         if isinstance(item, RunInfo):
-            return self.run_start(item)
+            return self.graph_of(item), self.run_start(item)
         if isinstance(item, RunEnd):
-            return self.run_end(item)
+            return self.graph_of(item.run), self.run_end(item)
         if isinstance(item, RunIO):
-            return self.run_io(item)
+            return self.graph_of(item.run), self.run_io(item)
         if isinstance(item, RawBatch):
-            return [item.nquads if item.nquads.endswith("\n") else item.nquads + "\n"]
+            return None, [item.nquads if item.nquads.endswith("\n") else item.nquads + "\n"]
         raise TypeError(f"cannot map {type(item).__qualname__}")
+
+    def to_trig(self, item: Any) -> str:
+        """One record as a complete TriG document (for tests and tools)."""
+        graph, lines = self.map(item)
+        if graph is None:
+            return "".join(lines)
+        return f"{TRIG_HEADER}{graph} {{\n{''.join(lines)}}}\n"
 
     def run_start(self, run: RunInfo) -> list[str]:
         g = self.graph_of(run)
@@ -256,34 +281,34 @@ class Mapper:
         lines: list[str] = []
         out = lines.append
         wf = iri(self.mint.workflow(run.workflow))
-        out(f"{r} {_A} {_ACTIVITY} {g} .\n")
-        out(f"{r} {_A} {_RUN} {g} .\n")
-        out(f"{r} {_LABEL} {literal(run.workflow)} {g} .\n")
-        out(f"{r} {iri(DCTERMS.identifier)} {literal(run.run_id)} {g} .\n")
-        out(f"{r} {_STARTED} {time_literal(run.started_ns)} {g} .\n")
-        out(f"{r} {iri(PG.executesWorkflow)} {wf} {g} .\n")
-        self._once(g, wf, lines, ((_A, iri(PROV.Plan)), (_A, iri(PG.Workflow)), (_LABEL, literal(run.workflow))))
+        out(f"{r} {_A} {_ACTIVITY} .\n")
+        out(f"{r} {_A} {_RUN} .\n")
+        out(f"{r} {_LABEL} {literal(run.workflow)} .\n")
+        out(f"{r} {term(DCTERMS.identifier)} {literal(run.run_id)} .\n")
+        out(f"{r} {_STARTED} {time_literal(run.started_ns)} .\n")
+        out(f"{r} {term(PG.executesWorkflow)} {wf} .\n")
+        self._once(g, wf, lines, ((_A, term(PROV.Plan)), (_A, term(PG.Workflow)), (_LABEL, literal(run.workflow))))
         if run.campaign:
             c = iri(self.mint.campaign(run.campaign))
-            out(f"{r} {iri(PG.inCampaign)} {c} {g} .\n")
-            self._once(g, c, lines, ((_A, iri(PG.Campaign)), (_LABEL, literal(run.campaign))))
+            out(f"{r} {term(PG.inCampaign)} {c} .\n")
+            self._once(g, c, lines, ((_A, term(PG.Campaign)), (_LABEL, literal(run.campaign))))
         if run.parent_run_id:
-            out(f"{r} {iri(DCTERMS.isPartOf)} {iri(self.mint.run(run.parent_run_id))} {g} .\n")
+            out(f"{r} {term(DCTERMS.isPartOf)} {iri(self.mint.run(run.parent_run_id))} .\n")
         user = run.user or self.settings.user
-        out(f"{r} {_ASSOC} {self._user(g, user, lines)} {g} .\n")
-        out(f"{r} {_AT_LOC} {self._host(g, run.host or self.settings.hostname, lines)} {g} .\n")
+        out(f"{r} {_ASSOC} {self._user(g, user, lines)} .\n")
+        out(f"{r} {_AT_LOC} {self._host(g, run.host or self.settings.hostname, lines)} .\n")
         if run.source_tool:
-            out(f"{r} {iri(PG.sourceTool)} {literal(run.source_tool)} {g} .\n")
+            out(f"{r} {term(PG.sourceTool)} {literal(run.source_tool)} .\n")
         for key, value in run.attributes.items():
-            out(f"{r} {iri(self.mint.base + 'attr/' + segment(key))} {literal(value)} {g} .\n")
+            out(f"{r} {iri(self.mint.base + 'attr/' + segment(key))} {literal(value)} .\n")
         return lines
 
     def run_end(self, end: RunEnd) -> list[str]:
         g = self.graph_of(end.run)
         r = iri(self.mint.run(end.run.run_id))
         lines = [
-            f"{r} {_ENDED} {time_literal(end.ended_ns)} {g} .\n",
-            f"{r} {_STATUS} {literal(end.status)} {g} .\n",
+            f"{r} {_ENDED} {time_literal(end.ended_ns)} .\n",
+            f"{r} {_STATUS} {literal(end.status)} .\n",
         ]
         if end.error is not None:
             self._error(r, g, end.error, lines)
@@ -299,10 +324,10 @@ class Mapper:
         return lines
 
     def _error(self, subject: str, g: str, err: ErrorInfo, lines: list[str]) -> None:
-        lines.append(f"{subject} {_ETYPE} {literal(err.type)} {g} .\n")
-        lines.append(f"{subject} {_EMSG} {literal(err.message)} {g} .\n")
+        lines.append(f"{subject} {_ETYPE} {literal(err.type)} .\n")
+        lines.append(f"{subject} {_EMSG} {literal(err.message)} .\n")
         if err.traceback:
-            lines.append(f"{subject} {_ETB} {literal(err.traceback)} {g} .\n")
+            lines.append(f"{subject} {_ETB} {literal(err.traceback)} .\n")
 
     def _task_head(self, rec: TaskRecord, g: str) -> tuple[str, str]:
         """The lines every task of one (run, name, function, status, user, host) shares,
@@ -317,14 +342,14 @@ class Mapper:
             h = self._host(g, host, decl)
             t = "\x00"
             parts = [
-                f"{t} {_A} {_ACTIVITY} {g} .\n", f"{t} {_A} {_TASK} {g} .\n",
-                f"{t} {_LABEL} {literal(rec.name)} {g} .\n",
-                f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> {g} .\n",
-                f"{t} {_STATUS} {literal(rec.status)} {g} .\n",
-                f"{t} {_ASSOC} {u} {g} .\n", f"{t} {_AT_LOC} {h} {g} .\n",
+                f"{t} {_A} {_ACTIVITY} .\n", f"{t} {_A} {_TASK} .\n",
+                f"{t} {_LABEL} {literal(rec.name)} .\n",
+                f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> .\n",
+                f"{t} {_STATUS} {literal(rec.status)} .\n",
+                f"{t} {_ASSOC} {u} .\n", f"{t} {_AT_LOC} {h} .\n",
             ]
             if rec.function:
-                parts.append(f"{t} {_FUNCTION} {literal(rec.function)} {g} .\n")
+                parts.append(f"{t} {_FUNCTION} {literal(rec.function)} .\n")
             if len(self._heads) > 10_000:
                 self._heads.clear()
             cached = self._heads[key] = ("".join(parts), h)
@@ -347,22 +372,22 @@ class Mapper:
         if rec.ended_ns is not None:
             at = time_literal(rec.ended_ns)
             if rec.started_ns is not None:
-                out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n{t} {_ENDED} {at} {g} .\n")
+                out(f"{t} {_STARTED} {time_literal(rec.started_ns)} .\n{t} {_ENDED} {at} .\n")
             else:
-                out(f"{t} {_ENDED} {at} {g} .\n")
+                out(f"{t} {_ENDED} {at} .\n")
         elif rec.started_ns is not None:
-            out(f"{t} {_STARTED} {time_literal(rec.started_ns)} {g} .\n")
+            out(f"{t} {_STARTED} {time_literal(rec.started_ns)} .\n")
         if rec.parent_id:
-            out(f"{t} {_PARENT} <{self.mint.task(rec.parent_id)}> {g} .\n")
+            out(f"{t} {_PARENT} <{self.mint.task(rec.parent_id)}> .\n")
         for other in rec.informed_by:
-            out(f"{t} {_INFORMED} <{self.mint.task(other)}> {g} .\n")
+            out(f"{t} {_INFORMED} <{self.mint.task(other)}> .\n")
         if rec.attempt is not None:
-            out(f"{t} {_ATTEMPT} {literal(rec.attempt)} {g} .\n")
+            out(f"{t} {_ATTEMPT} {literal(rec.attempt)} .\n")
         if rec.error is not None:
             self._error(t, g, rec.error, lines)
         for key, value in rec.attributes.items():
             prop = PG.iris()[key] if key in PG.iris() else self.mint.base + "attr/" + segment(key)
-            out(f"{t} <{prop}> {literal(value)} {g} .\n")
+            out(f"{t} <{prop}> {literal(value)} .\n")
         scalar = self._scalar_lines
         for name, value in flatten(rec.inputs):
             if not scalar(t_iri, t, g, "in", name, value, lines):
@@ -388,8 +413,8 @@ class Mapper:
         if seg is None:
             seg = self._segments[name] = (segment(name), literal(name))
         e = f"<{t_iri}/{direction}/{seg[0]}>"
-        link = f"{t} {_USED} {e} {g} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} {g} .\n"
-        lines.append(f"{e} {_A} {_ENTITY} {g} .\n{e} {_PNAME} {seg[1]} {g} .\n{e} {_VALUE} {lit} {g} .\n{link}")
+        link = f"{t} {_USED} {e} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} .\n"
+        lines.append(f"{e} {_A} {_ENTITY} .\n{e} {_PNAME} {seg[1]} .\n{e} {_VALUE} {lit} .\n{link}")
         return True
 
     def _value(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
@@ -398,50 +423,50 @@ class Mapper:
         out = lines.append
         if c.artifact is None:
             e = f"<{Minter.value(t_iri, direction, name)}>"
-            out(f"{e} {_A} {_ENTITY} {g} .\n")
-            out(f"{e} {_PNAME} {literal(name)} {g} .\n")
+            out(f"{e} {_A} {_ENTITY} .\n")
+            out(f"{e} {_PNAME} {literal(name)} .\n")
             if c.literal is not None:
-                out(f"{e} {_VALUE} {c.literal} {g} .\n")
+                out(f"{e} {_VALUE} {c.literal} .\n")
             if c.vtype is not None and c.vtype not in ("int", "float", "str", "bool"):
-                out(f"{e} {_VTYPE} {literal(c.vtype)} {g} .\n")
+                out(f"{e} {_VTYPE} {literal(c.vtype)} .\n")
             if c.path is not None:
-                out(f"{e} {_PATH} {literal(c.path)} {g} .\n")
-            out(f"{t} {_USED} {e} {g} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} {g} .\n")
+                out(f"{e} {_PATH} {literal(c.path)} .\n")
+            out(f"{t} {_USED} {e} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} .\n")
             return
         e = f"<{c.artifact}>"
-        out(f"{e} {_A} {_ENTITY} {g} .\n")
-        out(f"{e} {_A} {_ARTIFACT} {g} .\n")
+        out(f"{e} {_A} {_ENTITY} .\n")
+        out(f"{e} {_A} {_ARTIFACT} .\n")
         if c.size is not None:
-            out(f"{e} {_SIZE} {literal(c.size)} {g} .\n")
+            out(f"{e} {_SIZE} {literal(c.size)} .\n")
         if c.media_type:
-            out(f"{e} {iri(PG.mediaType)} {literal(c.media_type)} {g} .\n")
+            out(f"{e} {term(PG.mediaType)} {literal(c.media_type)} .\n")
         q = f"<{Minter.qualified(t_iri, direction, name)}>"
         if direction == "in":
-            out(f"{t} {_USED} {e} {g} .\n")
-            out(f"{t} {_Q_USAGE} {q} {g} .\n")
-            out(f"{q} {_A} {_USAGE} {g} .\n")
-            out(f"{q} {_P_ENTITY} {e} {g} .\n")
+            out(f"{t} {_USED} {e} .\n")
+            out(f"{t} {_Q_USAGE} {q} .\n")
+            out(f"{q} {_A} {_USAGE} .\n")
+            out(f"{q} {_P_ENTITY} {e} .\n")
         else:
-            out(f"{e} {_GEN_BY} {t} {g} .\n")
-            out(f"{e} {_Q_GEN} {q} {g} .\n")
-            out(f"{q} {_A} {_GENERATION} {g} .\n")
-            out(f"{q} {_P_ACTIVITY} {t} {g} .\n")
+            out(f"{e} {_GEN_BY} {t} .\n")
+            out(f"{e} {_Q_GEN} {q} .\n")
+            out(f"{q} {_A} {_GENERATION} .\n")
+            out(f"{q} {_P_ACTIVITY} {t} .\n")
             if at is not None:
-                out(f"{q} {_AT_TIME} {at} {g} .\n")
-        out(f"{q} {_PNAME} {literal(name)} {g} .\n")
-        out(f"{q} {_AT_LOC} {host} {g} .\n")
+                out(f"{q} {_AT_TIME} {at} .\n")
+        out(f"{q} {_PNAME} {literal(name)} .\n")
+        out(f"{q} {_AT_LOC} {host} .\n")
         if c.path is not None:
-            out(f"{q} {_PATH} {literal(c.path)} {g} .\n")
+            out(f"{q} {_PATH} {literal(c.path)} .\n")
         if c.vtype is not None:
-            out(f"{q} {_VTYPE} {literal(c.vtype)} {g} .\n")
+            out(f"{q} {_VTYPE} {literal(c.vtype)} .\n")
 
     def _telemetry(self, t_iri: str, t: str, g: str, sample: dict[str, Any], lines: list[str]) -> None:
         phase = str(sample.get("phase", "sample"))
         s = f"<{t_iri}/telemetry/{segment(phase)}>"
-        lines.append(f"{t} {iri(PG.telemetry)} {s} {g} .\n")
-        lines.append(f"{s} {_A} {iri(PG.TelemetrySample)} {g} .\n")
-        lines.append(f"{s} {iri(PG.telemetryPhase)} {literal(phase)} {g} .\n")
+        lines.append(f"{t} {term(PG.telemetry)} {s} .\n")
+        lines.append(f"{s} {_A} {term(PG.TelemetrySample)} .\n")
+        lines.append(f"{s} {term(PG.telemetryPhase)} {literal(phase)} .\n")
         for key, value in sample.items():
             if key == "phase" or value is None or key not in PG.iris():
                 continue
-            lines.append(f"{s} <{PG.iris()[key]}> {literal(value)} {g} .\n")
+            lines.append(f"{s} <{PG.iris()[key]}> {literal(value)} .\n")

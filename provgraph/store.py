@@ -115,7 +115,7 @@ class Store:
             bad = False
             for jb in read_journal(f):
                 try:
-                    self.add_nquads(jb.nquads)
+                    self.load(jb.data, jb.to_batch().format)
                     loaded += 1
                 except ParseError:
                     bad = True

@@ -281,8 +281,11 @@ def test_failing_transport_spills_to_journal_never_raises(data_dir: Path) -> Non
     assert stats["lost_batches"] == 0
     from provgraph.transports.journal import journal_files, read_journal
 
-    spilled = "".join(b.nquads.decode() for f in journal_files(data_dir / "journal") for b in read_journal(f))
-    tasks = select(load(spilled), "SELECT (COUNT(?t) AS ?n) WHERE { ?t a pg:Task }")
+    spilled = provgraph.Store()
+    for f in journal_files(data_dir / "journal"):
+        for b in read_journal(f):
+            spilled.load(b.data, b.to_batch().format)
+    tasks = select(spilled, "SELECT (COUNT(?t) AS ?n) WHERE { ?t a pg:Task }")
     assert tasks == [{"n": "10"}]
 
 

@@ -8,7 +8,7 @@ transport buffers, :meth:`flush` and :meth:`close`::
         name = "print"
 
         def publish(self, batch: Batch) -> None:
-            print(batch.nquads.decode())
+            print(batch.data.decode())
 
 Transports are registered by short name in :data:`provgraph.transports.REGISTRY` and,
 for third parties, through the ``provgraph.transports`` entry-point group.
@@ -19,23 +19,47 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["Batch", "Transport"]
+__all__ = ["CONTENT_TYPES", "NQUADS", "TRIG", "Batch", "Transport"]
+
+
+#: media type → pyoxigraph short format name (see :data:`provgraph.store.FORMATS`)
+CONTENT_TYPES: dict[str, str] = {
+    "application/trig": "trig",
+    "application/n-quads": "nquads",
+    "application/n-triples": "ntriples",
+    "text/turtle": "turtle",
+    "application/ld+json": "jsonld",
+    "application/rdf+xml": "rdfxml",
+}
+TRIG = "application/trig"
+NQUADS = "application/n-quads"
 
 
 @dataclass(slots=True)
 class Batch:
-    """One serialized batch: N-Quads bytes plus what routing needs."""
+    """One serialized batch of RDF plus what routing needs.
 
-    nquads: bytes
+    ``data`` is TriG (what the emitter writes: one ``GRAPH`` block per workflow run,
+    prefixed names) or N-Quads, as ``content_type`` says; ``graphs`` are the named graphs
+    it writes to; ``batch_id`` is stable for this batch (resending it reuses the ID, so
+    JetStream's duplicate window drops a re-sent batch).
+    """
+
+    data: bytes
     triples: int
     graphs: tuple[str, ...] = ()
     batch_id: str = field(default="")
-    content_type: str = "application/n-quads"
+    content_type: str = NQUADS
 
     def __post_init__(self) -> None:
         if not self.batch_id:
-            # deterministic: the same content gets the same id (JetStream de-duplication)
-            self.batch_id = hashlib.sha256(self.nquads).hexdigest()[:32]
+            # deterministic: the same content gets the same id
+            self.batch_id = hashlib.sha256(self.data).hexdigest()[:32]
+
+    @property
+    def format(self) -> str:
+        """Short format name for :meth:`provgraph.Store.load`."""
+        return CONTENT_TYPES[self.content_type.split(";")[0].strip()]
 
 
 class Transport:

@@ -4,9 +4,8 @@ Used as a transport in its own right, as the spill target when another transport
 fails (store locked, NATS down), and as the inbox of an on-disk store that another
 process holds. Each batch is framed by a comment line that N-Quads parsers ignore::
 
-    #pgbatch <batch_id> <nbytes> <triples>
-    <s> <p> <o> <g> .
-    ...
+    #pgbatch <batch_id> <nbytes> <triples> <content-type>
+    <g> { <s> <p> <o> . ... }        (TriG, or N-Quads lines)
 
 so a reader can tell a complete batch from one torn by a crash (a torn tail is
 reported and left in place, never half-loaded). Files are named
@@ -21,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import Batch, Transport
+from .base import NQUADS, Batch, Transport
 
 __all__ = ["JournalBatch", "JournalTransport", "journal_files", "read_journal"]
 
@@ -29,13 +28,20 @@ _MAGIC = b"#pgbatch "
 
 
 class JournalBatch:
-    __slots__ = ("batch_id", "end_offset", "nquads", "triples")
+    """One complete batch read back from a journal file."""
 
-    def __init__(self, batch_id: str, nquads: bytes, triples: int, end_offset: int) -> None:
+    __slots__ = ("batch_id", "content_type", "data", "end_offset", "triples")
+
+    def __init__(self, batch_id: str, data: bytes, triples: int, end_offset: int,
+                 content_type: str = NQUADS) -> None:
         self.batch_id = batch_id
-        self.nquads = nquads
+        self.data = data
         self.triples = triples
         self.end_offset = end_offset
+        self.content_type = content_type
+
+    def to_batch(self) -> Batch:
+        return Batch(self.data, self.triples, batch_id=self.batch_id, content_type=self.content_type)
 
 
 class JournalTransport(Transport):
@@ -75,12 +81,13 @@ class JournalTransport(Transport):
         return total
 
     def publish(self, batch: Batch) -> None:
-        frame = b"%s%s %d %d\n" % (_MAGIC, batch.batch_id.encode(), len(batch.nquads), batch.triples)
+        frame = b"%s%s %d %d %s\n" % (_MAGIC, batch.batch_id.encode(), len(batch.data), batch.triples,
+                                        batch.content_type.encode())
         with self._lock:
-            if self.used_bytes() + len(frame) + len(batch.nquads) > self.max_bytes:
+            if self.used_bytes() + len(frame) + len(batch.data) > self.max_bytes:
                 raise OSError(f"journal {self.directory} is full (max_bytes={self.max_bytes})")
             fd = self._open()
-            os.write(fd, frame + batch.nquads)
+            os.write(fd, frame + batch.data)
             self._dirty = True
 
     def flush(self, timeout: float) -> bool:
@@ -121,12 +128,13 @@ def read_journal(path: str | os.PathLike[str], start: int = 0) -> Iterator[Journ
                 return
             if not header.startswith(_MAGIC):
                 raise ValueError(f"{path}: not a provgraph journal frame at offset {fh.tell() - len(header)}")
+            fields = header.split()
             try:
-                _, bid, nbytes, triples = header.split()
-                size = int(nbytes)
-            except ValueError:
+                bid, size, triples = fields[1].decode(), int(fields[2]), int(fields[3])
+                ctype = fields[4].decode() if len(fields) > 4 else NQUADS
+            except (ValueError, IndexError):
                 return  # torn header
             body = fh.read(size)
             if len(body) < size:
                 return  # torn body: the writer died mid-batch
-            yield JournalBatch(bid.decode(), body, int(triples), fh.tell())
+            yield JournalBatch(bid, body, triples, fh.tell(), ctype)

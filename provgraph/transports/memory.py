@@ -23,8 +23,18 @@ class MemoryTransport(Transport):
             self.batches.append(batch)
 
     def nquads(self) -> str:
+        """Everything published so far, converted to one N-Quads text."""
+        import pyoxigraph as ox
+
+        from ..store import FORMATS
+
         with self._lock:
-            return "".join(b.nquads.decode("utf-8") for b in self.batches)
+            batches = list(self.batches)
+        out = []
+        for b in batches:
+            quads = ox.parse(b.data, format=FORMATS[b.format])
+            out.append((ox.serialize(quads, format=ox.RdfFormat.N_QUADS) or b"").decode("utf-8"))
+        return "".join(out)
 
     def clear(self) -> None:
         with self._lock:

@@ -53,7 +53,7 @@ class StoreTransport(Transport):
         if isinstance(target, JournalTransport):
             target.publish(batch)
         else:
-            target.add_nquads(batch.nquads)
+            target.load(batch.data, batch.format)
 
     def flush(self, timeout: float) -> bool:
         if self._inbox is not None:
