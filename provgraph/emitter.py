@@ -60,7 +60,7 @@ class _LogOnce:
 
 
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
-_HEADER_LINES = TRIG_HEADER.count(" .\n")
+_HEADER_LINES = TRIG_HEADER.count("\n")
 
 
 class Emitter:
@@ -166,7 +166,8 @@ class Emitter:
                 parts.extend(statements)
                 parts.append("}\n")
             data = "".join(parts).encode("utf-8", "replace")
-            triples = data.count(b" .\n") - _HEADER_LINES
+            # one triple per line (a literal never holds a raw newline)
+            triples = data.count(b"\n") - _HEADER_LINES - 2 * len(groups)
             self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
         if raw:
             data = "".join(raw).encode("utf-8", "replace")

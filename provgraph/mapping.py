@@ -196,9 +196,10 @@ def classify(obj: Any, settings: Settings, hasher: FileHasher) -> Classified:
 
 def flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
     """Named values, with dicts flattened one level (``config.lr``)."""
-    if not any(type(v) is dict for v in values.values()):
-        return values.items()
-    return _flatten(values)
+    for v in values.values():
+        if type(v) is dict:
+            return _flatten(values)
+    return values.items()
 
 
 def _flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -221,6 +222,7 @@ class Mapper:
         self._heads: dict[tuple[Any, ...], tuple[str, str]] = {}
         self._pending_decl: list[str] = []
         self._segments: dict[str, tuple[str, str]] = {}
+        self._graphs: dict[str, str] = {}
 
     # -- helpers -------------------------------------------------------------
     def _once(self, graph: str, subject: str, lines: list[str], triples: Iterable[tuple[str, str]]) -> None:
@@ -246,7 +248,12 @@ class Mapper:
         return u
 
     def graph_of(self, run: RunInfo) -> str:
-        return iri(self.mint.graph(run.run_id))
+        g = self._graphs.get(run.run_id)
+        if g is None:
+            if len(self._graphs) > 10_000:
+                self._graphs.clear()
+            g = self._graphs[run.run_id] = iri(self.mint.graph(run.run_id))
+        return g
 
     # -- records -------------------------------------------------------------
     def map(self, item: Any) -> tuple[str | None, list[str]]:
@@ -255,9 +262,11 @@ class Mapper:
         ``(None, [n-quads])``."""
         if isinstance(item, tuple):  # a CallRecord from the task decorator
             rec = item[0].to_record(item)
-            return self.graph_of(rec.run), self.task(rec)
+            g = self.graph_of(rec.run)
+            return g, self.task(rec, g)
         if isinstance(item, TaskRecord):
-            return self.graph_of(item.run), self.task(item)
+            g = self.graph_of(item.run)
+            return g, self.task(item, g)
         if isinstance(item, RunInfo):
             return self.graph_of(item), self.run_start(item)
         if isinstance(item, RunEnd):
@@ -357,8 +366,9 @@ class Mapper:
                 self._pending_decl.extend(decl)
         return cached
 
-    def task(self, rec: TaskRecord) -> list[str]:
-        g = self.graph_of(rec.run)
+    def task(self, rec: TaskRecord, g: str | None = None) -> list[str]:
+        if g is None:
+            g = self.graph_of(rec.run)
         t_iri = self.mint.task(rec.task_id)
         t = f"<{t_iri}>"
         head, h = self._task_head(rec, g)

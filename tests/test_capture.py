@@ -328,3 +328,18 @@ def test_fork_child_records_land_in_the_store(data_dir: Path) -> None:
     assert [r["tag"] for r in rows] == ["child", "parent"]
     ids = select(store, "SELECT (COUNT(DISTINCT ?t) AS ?n) WHERE { ?t a pg:Task }")
     assert ids == [{"n": "2"}]
+
+
+def test_batches_count_their_triples_exactly(memory: provgraph.MemoryTransport) -> None:
+    @provgraph.task
+    def f(a: int, text: str) -> dict[str, float]:
+        return {"x": 1.5, "y": 2.0}
+
+    with provgraph.workflow("count-a"):
+        f(1, "multi\nline \"text\"")
+    with provgraph.workflow("count-b"):
+        f(2, "b")
+    assert provgraph.flush(10)
+    assert all(b.content_type == "application/trig" for b in memory.batches)
+    quads = load(memory.nquads())
+    assert sum(b.triples for b in memory.batches) == len(quads)
