@@ -81,7 +81,7 @@ class PG(_Vocabulary):
         "DataArtifact", "Value", "TelemetrySample",
         # structure
         "inCampaign", "inWorkflowRun", "executesWorkflow", "parentTask", "function",
-        "status", "attempt", "host", "facility", "hostname",
+        "status", "attempt", "host", "facility", "hostname", "submittedAtTime",
         # data identity and usage attributes
         "contentHash", "hashAlgorithm", "path", "sizeBytes", "parameterName", "valueType",
         "mediaType",
@@ -99,6 +99,7 @@ class PG(_Vocabulary):
     Facility: str; User: str; DataArtifact: str; Value: str; TelemetrySample: str
     inCampaign: str; inWorkflowRun: str; executesWorkflow: str; parentTask: str
     function: str; status: str; attempt: str; host: str; facility: str; hostname: str
+    submittedAtTime: str
     contentHash: str; hashAlgorithm: str; path: str; sizeBytes: str
     parameterName: str; valueType: str; mediaType: str
     errorType: str; errorMessage: str; traceback: str
