@@ -93,6 +93,8 @@ class _State:
     disabled = False
     default_run: RunInfo | None = None
     lock = threading.Lock()
+    telemetry: Any = None  # provgraph.adapters.telemetry.TaskTelemetry when settings.telemetry != "off"
+    task_probe: Any = None  # the same object when the level is "task" (snapshots on the task's thread)
 
 
 # -- runtime -------------------------------------------------------------------------
@@ -119,6 +121,7 @@ def configure(settings: Settings | None = None, *, transport: Transport | str | 
         if settings is not None and overrides:
             s = settings.model_copy(update=overrides)
         tr = transport if transport is not None else create_transport(s)
+        _set_telemetry(s)
         _State.settings = s
         _State.emitter = Emitter(tr, s, register_atexit=False)
         _State.disabled = False
@@ -161,7 +164,22 @@ def shutdown(timeout: float = 10.0) -> bool:
         if em is None:
             return True
         _end_default_run(em)
-        return em.shutdown(timeout)
+        ok = em.shutdown(timeout)
+        _set_telemetry(None)
+        return ok
+
+
+def _set_telemetry(s: Settings | None) -> None:
+    """Start (or stop) telemetry; imported only when ``settings.telemetry`` is not "off"."""
+    old = _State.telemetry
+    _State.telemetry = _State.task_probe = None
+    if old is not None:
+        old.close()
+    if s is not None and s.telemetry != "off":
+        from .adapters.telemetry import install
+
+        _State.telemetry = install(s)
+        _State.task_probe = _State.telemetry if s.telemetry == "task" else None
 
 
 def _settings() -> Settings:
@@ -339,8 +357,25 @@ class FunctionInfo:
             rec.error = ErrorInfo.from_exception(exc)
         if frame.extras:
             for direction, name, value in frame.extras:
+                if direction == "telemetry":
+                    rec.telemetry.append(value)
+                    continue
                 (rec.inputs if direction == "in" else rec.outputs)[name] = value
+        tel = _State.telemetry
+        if tel is not None:
+            tel.attach(rec)
         return rec
+
+
+def _telemetry_mark(frame: _Frame, probe: Any, start: bool) -> None:
+    """Level "task": a snapshot at the start or end of a call (never raises)."""
+    try:
+        samples = probe.begin() if start else probe.end()
+        if frame.extras is None:
+            frame.extras = []
+        frame.extras.extend(("telemetry", "", s) for s in samples)
+    except Exception:
+        log.debug("provgraph: telemetry snapshot failed", exc_info=True)
 
 
 def _outputs(result: Any) -> dict[str, Any]:
@@ -405,16 +440,24 @@ def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]
             return fn(*args, **kwargs)
         parent = frame_var.get()
         frame = _Frame(next(ids.ids), run_var.get() or _default_run())
+        probe = _State.task_probe
+        if probe is not None:
+            _telemetry_mark(frame, probe, True)
         token = frame_var.set(frame)
         t0 = _time_ns()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            t1 = _time_ns()
             frame_var.reset(token)
-            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), None, exc))
+            if probe is not None:
+                _telemetry_mark(frame, probe, False)
+            em.emit((info, frame, parent, args, kwargs, t0, t1, None, exc))
             raise
         t1 = _time_ns()
         frame_var.reset(token)
+        if probe is not None:
+            _telemetry_mark(frame, probe, False)
         em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
         return result
 
@@ -429,16 +472,24 @@ def _wrap_async(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any
             return await fn(*args, **kwargs)
         parent = _frame.get()
         frame = _Frame(next(_Process.ids), _run.get() or _default_run())
+        probe = _State.task_probe
+        if probe is not None:
+            _telemetry_mark(frame, probe, True)
         token = _frame.set(frame)
         t0 = _time_ns()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
+            t1 = _time_ns()
             _frame.reset(token)
-            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), None, exc))
+            if probe is not None:
+                _telemetry_mark(frame, probe, False)
+            em.emit((info, frame, parent, args, kwargs, t0, t1, None, exc))
             raise
         t1 = _time_ns()
         _frame.reset(token)
+        if probe is not None:
+            _telemetry_mark(frame, probe, False)
         em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
         return result
 
