@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: command modules under provgraph.commands, in --help order
 COMMANDS: tuple[str, ...] = (
-    "query", "lineage", "export", "import_", "stats", "serve", "status", "replay", "demo",
+    "query", "lineage", "export", "import_", "stats", "serve", "status", "replay", "observe", "demo",
 )  # fmt: skip
 
 EPILOG = """\

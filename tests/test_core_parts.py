@@ -185,13 +185,21 @@ def test_public_api_is_explicit_sorted_and_documented() -> None:
 
 
 def test_packages_list_matches_tree() -> None:
-    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    listed = set(cfg["tool"]["setuptools"]["packages"])
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    dirs = cfg["package-dir"]
+    # every Python package in the tree is listed ...
     found = {".".join(p.relative_to(ROOT).parent.parts) for p in (ROOT / "provgraph").rglob("__init__.py")}
     found |= {"provgraph.adapters." + ".".join(p.relative_to(ROOT / "adapters").parent.parts)
               for p in (ROOT / "adapters").rglob("__init__.py") if p.parent != ROOT / "adapters"}
     found.add("provgraph.adapters")
-    assert listed == found
+    assert found <= listed, f"not listed in pyproject.toml: {found - listed}"
+    # ... and everything listed beyond them is a mapped data folder that exists and ships files
+    for extra in listed - found:
+        assert extra in dirs, f"{extra} is listed but has no source folder"
+        folder = ROOT / dirs[extra]
+        patterns = cfg["package-data"][extra]
+        assert any(list(folder.glob(pat)) for pat in patterns), f"{folder} ships nothing"
 
 
 def test_core_import_does_not_pull_optional_frameworks() -> None:

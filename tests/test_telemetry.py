@@ -109,7 +109,7 @@ def test_level_sampler_links_samples_to_running_tasks(memory: provgraph.MemoryTr
 
     @provgraph.task
     def slow() -> None:
-        _burn(0.3)
+        time.sleep(0.4)  # releases the GIL: the sampler's ~8 snapshots are not starved by other threads
 
     slow()
     assert provgraph.flush()

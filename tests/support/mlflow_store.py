@@ -1,0 +1,74 @@
+"""A real MLflow sqlite tracking store filled by an unmodified MLflow script, run as a
+subprocess exactly as a user would (``MLFLOW_TRACKING_URI=sqlite:///... python script.py``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A user's training script: plain MLflow, no provgraph. Writes the IDs of its runs to
+# argv[1] so tests can compare them with what the observer recorded.
+SCRIPT = r'''
+import sys, time
+from pathlib import Path
+import mlflow
+
+ids_file, prefix, count, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+out = Path(ids_file).open("a")
+
+def note(run):
+    out.write(run.info.run_id + "\n"); out.flush()
+
+mlflow.set_experiment("training")
+if prefix == "full":
+    data = Path("weights.bin"); data.write_bytes(bytes(range(256)) * 4)
+    with mlflow.start_run(run_name="sweep") as parent:
+        note(parent)
+        mlflow.log_params({"lr": "0.01", "epochs": 3, "optimizer": "adam", "data": str(data.resolve())})
+        for step, loss in enumerate([0.9, 0.5, 0.25]):
+            mlflow.log_metric("loss", loss, step=step)
+        mlflow.log_metric("accuracy", 0.75)
+        mlflow.log_artifact(str(data), artifact_path="checkpoints")
+        with mlflow.start_run(run_name="fold-1", nested=True) as child:
+            note(child)
+            mlflow.log_param("fold", 1)
+            mlflow.log_metric("val_loss", 0.3)
+    try:
+        with mlflow.start_run(run_name="diverged") as bad:
+            note(bad)
+            mlflow.log_param("lr", "10.0")
+            raise FloatingPointError("loss is NaN")
+    except FloatingPointError:
+        pass
+    stopped = mlflow.start_run(run_name="stopped")
+    note(stopped)
+    mlflow.end_run(status="KILLED")
+for i in range(count):
+    with mlflow.start_run(run_name=f"{prefix}-{i}") as run:
+        note(run)
+        mlflow.log_param("i", i)
+        mlflow.log_metric("score", i / 10)
+    time.sleep(pause)
+'''
+
+
+def log_runs(workdir: Path, uri: str, ids_file: Path, prefix: str, count: int, pause: float = 0.0,
+             *, wait: bool = True) -> subprocess.Popen[bytes]:
+    """Run the script in ``workdir`` against the store at ``uri``; ``wait`` for it to end."""
+    script = workdir / "train.py"
+    if not script.exists():
+        script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVGRAPH_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = uri
+    proc = subprocess.Popen([sys.executable, str(script), str(ids_file), prefix, str(count), str(pause)],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if wait:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, f"MLflow script failed:\n{out.decode(errors='replace')}"
+    return proc
+
+
+def run_ids(ids_file: Path) -> list[str]:
+    return [line for line in ids_file.read_text().splitlines() if line]
