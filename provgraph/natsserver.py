@@ -69,7 +69,7 @@ class NatsServer:
 
     def _config(self) -> Path:
         lines = [
-            'listen: "127.0.0.1:%d"' % self.port,
+            f'listen: "127.0.0.1:{self.port}"',
             "jetstream {",
             f'  store_dir: "{self.store_dir / "jetstream"}"',
             "}",
