@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=socket.gethostname)
     query_timeout: float = Field(default=30.0, gt=0)
     query_max_results: int = Field(default=100_000, ge=1)
+    http_host: str = Field(default="127.0.0.1", description="address the SPARQL endpoint binds")
+    http_port: int = Field(default=7879, ge=0, le=65535, description="port of the SPARQL endpoint (0 = any)")
+    update_token: str | None = Field(
+        default=None, description="bearer token that enables SPARQL Update on the endpoint; unset = read-only")
+    service_allowlist: list[str] = Field(
+        default_factory=list, description="endpoint IRIs a query may reach with SERVICE (default: none)")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (default: none)")
 
     @field_validator("facility")
     @classmethod
