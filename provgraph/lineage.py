@@ -11,15 +11,20 @@ Upstream follows these from subject to object ("what was this made from"), downs
 from object to subject. Each hop is one unit of ``depth`` (file → the task that wrote
 it is one hop; → the file that task read is two).
 
+Agents are left out by default: every task of one user is associated with the same
+``prov:Agent``, so following ``prov:wasAssociatedWith`` would connect everything a
+user ever ran. Ask for them explicitly with ``relations=[..., "wasAssociatedWith",
+"wasAttributedTo", "actedOnBehalfOf"]`` (see :data:`AGENT_RELATIONS`).
+
 On the embedded store every hop is a direct index lookup on the pyoxigraph store
-(``quads_for_pattern``), which is several times faster than a SPARQL query per layer
-(``benchmarks/query.py`` measures both; ``method="sparql"`` selects the other one). On
-a :class:`~provgraph.remote.RemoteStore` each layer is one SPARQL query binding the
-whole frontier with ``VALUES``.
+(``quads_for_pattern``), much faster than a SPARQL query per layer
+(``benchmarks/query.py`` measures it; ``method="sparql"`` selects the other way). On a
+:class:`~provgraph.remote.RemoteStore` each layer is one SPARQL query binding the whole
+frontier with ``VALUES`` (in chunks of 500 nodes).
 
 Limits never cut silently: when ``depth`` or ``max_nodes`` stops the traversal the
-answer has ``complete: False`` and ``frontier``, the nodes whose further neighbours
-were not explored.
+answer has ``complete: False`` and ``frontier``, the nodes of the answer that have
+neighbours (in the direction walked) outside the answer.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ if TYPE_CHECKING:
     from .remote import RemoteStore
     from .store import Store
 
-__all__ = ["DIRECTIONS", "RELATIONS", "lineage", "path"]
+__all__ = ["AGENT_RELATIONS", "DEFAULT_RELATIONS", "DIRECTIONS", "RELATIONS", "lineage", "path"]
 
 #: relation name → (predicate IRI, kind of subject, kind of object)
 RELATIONS: dict[str, tuple[str, str, str]] = {
@@ -46,7 +51,14 @@ RELATIONS: dict[str, tuple[str, str, str]] = {
     "wasInformedBy": (PROV.wasInformedBy, "activity", "activity"),
     "wasDerivedFrom": (PROV.wasDerivedFrom, "entity", "entity"),
     "parentTask": (PG.parentTask, "activity", "activity"),
+    "wasAssociatedWith": (PROV.wasAssociatedWith, "activity", "agent"),
+    "wasAttributedTo": (PROV.wasAttributedTo, "entity", "agent"),
+    "actedOnBehalfOf": (PROV.actedOnBehalfOf, "agent", "agent"),
 }
+#: relations followed unless ``relations`` is given
+DEFAULT_RELATIONS: tuple[str, ...] = ("wasGeneratedBy", "used", "wasInformedBy", "wasDerivedFrom", "parentTask")
+#: the relations to agents, followed only on request
+AGENT_RELATIONS: tuple[str, ...] = ("wasAssociatedWith", "wasAttributedTo", "actedOnBehalfOf")
 DIRECTIONS = ("upstream", "downstream", "both")
 _BY_IRI = {iri: (name, s, o) for name, (iri, s, o) in RELATIONS.items()}
 
@@ -179,7 +191,7 @@ def _expander(store: Any, predicates: Sequence[str], method: str) -> _IndexExpan
 
 def _relations(relations: Iterable[str] | None) -> list[str]:
     if relations is None:
-        return [iri for iri, _, _ in RELATIONS.values()]
+        return [RELATIONS[name][0] for name in DEFAULT_RELATIONS]
     out = []
     for r in relations:
         name = r.split("#")[-1].split(":")[-1]
@@ -204,101 +216,119 @@ def lineage(store: Store | RemoteStore | ox.Store, node: str, direction: str = "
             depth: int | None = None, as_of: datetime | str | None = None,
             types: Iterable[str] | None = None, relations: Iterable[str] | None = None,
             max_nodes: int | None = 100_000, method: str = "auto") -> dict[str, Any]:
-    """The lineage of ``node`` (an IRI) as a dict::
+    """The lineage of ``node`` (an IRI, or ``_:id`` for a blank node) as a dict::
 
-        {"root": node, "direction": ..., "depth": ..., "complete": bool,
-         "frontier": [nodes whose neighbours were not explored],
-         "nodes": [{"id", "kind": "entity"|"activity"|None, "depth"}],
-         "edges": [{"source", "relation", "target"}]}   # PROV direction
+        {"root": node, "direction": ..., "depth": ..., "as_of": ISO timestamp | None,
+         "complete": bool,
+         "frontier": [nodes of the answer with neighbours outside it, sorted],
+         "nodes": [{"id", "kind": "entity"|"activity"|"agent"|None, "depth"}],
+         "edges": [{"source", "relation", "target"}]}   # PROV direction, sorted
 
-    ``depth`` bounds the hops (``None``: unbounded); ``max_nodes`` bounds the answer;
-    ``as_of`` leaves out activities started after that time (and what only they
-    connect); ``relations`` restricts the relations followed (names of
-    :data:`RELATIONS`); ``types`` keeps only nodes with one of these ``rdf:type`` IRIs
-    in ``nodes`` (the traversal itself is not filtered; edges keep both ends).
-    Raises :class:`NotFoundError` when ``node`` is not in the store."""
+    ``nodes`` are sorted by hop count then IRI, and include ``node`` itself at depth 0.
+    ``edges`` are every relation between two nodes of the answer that the walk crossed
+    (for one direction: all such relations, the induced subgraph). ``direction="both"``
+    is the union of the upstream and the downstream answers.
+
+    ``depth`` bounds the hops (``None``: unbounded); ``max_nodes`` bounds the number of
+    nodes (``None``: unbounded); when either cuts, ``complete`` is False and
+    ``frontier`` names where the walk stopped. ``as_of`` (datetime or ISO 8601) leaves
+    out activities whose ``prov:startedAtTime`` is later, and what only they connect;
+    activities without a start time are kept. ``relations`` restricts the relations
+    followed (names of :data:`RELATIONS`; default :data:`DEFAULT_RELATIONS`, no agents).
+    ``types`` keeps only nodes with one of these ``rdf:type`` IRIs in ``nodes`` (the
+    walk itself and ``edges`` are not filtered). ``method``: ``auto`` (index lookups on
+    the embedded store, SPARQL elsewhere), ``index`` or ``sparql``.
+
+    Raises :class:`NotFoundError` when ``node`` is not in the store and
+    :class:`QueryError` on bad arguments."""
     if direction not in DIRECTIONS:
         raise QueryError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     if depth is not None and depth < 0:
-        raise QueryError("depth must be >= 0")
+        raise QueryError("depth must be >= 0 (or None for unbounded)")
+    if max_nodes is not None and max_nodes < 1:
+        raise QueryError("max_nodes must be >= 1 (or None for unbounded)")
     cutoff = _parse_as_of(as_of)
     exp = _expander(store, _relations(relations), method)
     if not exp.exists(node):
         raise NotFoundError(f"{node} is not in the store")
-    kinds: dict[str, str | None] = {node: None}
-    dist: dict[str, int] = {node: 0}
-    edges: set[Edge] = set()
-    excluded: set[str] = set()
-    frontier: list[str] = []
-    complete = True
-    ways = [True, False] if direction == "both" else [direction == "upstream"]
-    for up in ways:
-        layer = [node]
-        level = 0
-        seen = {node}
-        while layer:
-            if depth is not None and level >= depth:
-                beyond = exp.layer(layer, up)
-                if cutoff is not None:
-                    beyond = _before(exp, beyond, cutoff, kinds, excluded)
-                for s, p, o in beyond:
-                    here, other = (s, o) if up else (o, s)
-                    if other in seen:
-                        edges.add((s, _BY_IRI[p][0], o))
-                    else:  # something lies beyond the cut
-                        complete = False
-                        frontier.append(here)
-                break
-            found = exp.layer(layer, up)
-            if cutoff is not None:
-                found = _before(exp, found, cutoff, kinds, excluded)
-            nxt: list[str] = []
-            for s, p, o in found:
-                name, sk, ok = _BY_IRI[p]
-                kinds.setdefault(s, sk)
-                kinds.setdefault(o, ok)
-                if kinds[s] is None:
-                    kinds[s] = sk
-                if kinds[o] is None:
-                    kinds[o] = ok
-                other = o if up else s
-                if other in seen:
-                    edges.add((s, name, o))
-                    continue
-                if max_nodes is not None and len(dist) >= max_nodes:
-                    complete = False
-                    src = s if up else o
-                    if src not in frontier:
-                        frontier.append(src)
-                    continue
-                edges.add((s, name, o))
-                seen.add(other)
-                dist[other] = min(dist.get(other, level + 1), level + 1)
-                nxt.append(other)
-            layer = nxt
-            level += 1
-    node_types: dict[str, set[str]] | None = None
+    walk = _Walk(exp, node, depth, max_nodes, cutoff)
+    for up in ([True, False] if direction == "both" else [direction == "upstream"]):
+        walk.run(up)
+    keep = list(walk.dist)
     if types is not None:
-        node_types = _types_of(store, list(dist))
         wanted = set(types)
-        keep = [n for n in dist if node_types.get(n, set()) & wanted]
-    else:
-        keep = list(dist)
+        node_types = _types_of(store, keep)
+        keep = [n for n in keep if node_types.get(n, set()) & wanted]
     return {
         "root": node,
         "direction": direction,
         "depth": depth,
         "as_of": cutoff.isoformat() if cutoff else None,
-        "complete": complete,
-        "frontier": sorted(set(frontier)),
-        "nodes": [{"id": n, "kind": kinds.get(n), "depth": dist[n]} for n in sorted(keep, key=lambda k: (dist[k], k))],
-        "edges": [{"source": s, "relation": r, "target": o} for s, r, o in sorted(edges)],
+        "complete": not walk.frontier,
+        "frontier": sorted(walk.frontier),
+        "nodes": [{"id": n, "kind": walk.kinds.get(n), "depth": walk.dist[n]}
+                  for n in sorted(keep, key=lambda k: (walk.dist[k], k))],
+        "edges": [{"source": s, "relation": r, "target": o} for s, r, o in sorted(walk.edges)],
     }
 
 
-def _before(exp: Any, found: list[Edge], cutoff: datetime, kinds: dict[str, str | None],
-            excluded: set[str]) -> list[Edge]:
-    """Drop edges touching an activity that started after ``cutoff``."""
+class _Walk:
+    """Breadth-first walk state shared by the directions of one :func:`lineage` call."""
+
+    def __init__(self, exp: _IndexExpander | _SparqlExpander, root: str, depth: int | None,
+                 max_nodes: int | None, cutoff: datetime | None) -> None:
+        self.exp = exp
+        self.root = root
+        self.depth = depth
+        self.max_nodes = max_nodes
+        self.cutoff = cutoff
+        self.dist: dict[str, int] = {root: 0}
+        self.kinds: dict[str, str | None] = {root: None}
+        self.edges: set[Edge] = set()
+        self.frontier: set[str] = set()
+        self.late: dict[str, bool] = {}  # activity → started after ``cutoff``
+
+    def _expand(self, layer: list[str], up: bool) -> list[Edge]:
+        found = self.exp.layer(layer, up)
+        if self.cutoff is not None:
+            found = _before(self.exp, found, self.cutoff, self.late)
+        found.sort()  # the same order from every backend, so a max_nodes cut is reproducible
+        return found
+
+    def run(self, up: bool) -> None:
+        """Walk one direction from the root; BFS, so each node gets its hop count."""
+        seen = {self.root}  # nodes of the answer reached in this direction
+        layer = [self.root]
+        level = 0
+        while layer:
+            last = self.depth is not None and level >= self.depth
+            nxt: list[str] = []
+            for s, p, o in self._expand(layer, up):
+                name, sk, ok = _BY_IRI[p]
+                here, other = (s, o) if up else (o, s)
+                if other not in seen:
+                    full = self.max_nodes is not None and other not in self.dist \
+                        and len(self.dist) >= self.max_nodes
+                    if last or full:  # a neighbour beyond the cut: ``here`` is on the frontier
+                        self.frontier.add(here)
+                        continue
+                    seen.add(other)
+                    self.dist[other] = min(self.dist.get(other, level + 1), level + 1)
+                    nxt.append(other)
+                self.edges.add((s, name, o))
+                if self.kinds.get(s) is None:
+                    self.kinds[s] = sk
+                if self.kinds.get(o) is None:
+                    self.kinds[o] = ok
+            if last:
+                break
+            layer = nxt
+            level += 1
+
+
+def _before(exp: Any, found: list[Edge], cutoff: datetime, late: dict[str, bool]) -> list[Edge]:
+    """Drop edges touching an activity that started after ``cutoff``; ``late`` caches
+    the verdict per activity (True: started after ``cutoff``)."""
     acts = set()
     for s, p, o in found:
         _, sk, ok = _BY_IRI[p]
@@ -306,9 +336,13 @@ def _before(exp: Any, found: list[Edge], cutoff: datetime, kinds: dict[str, str 
             acts.add(s)
         if ok == "activity":
             acts.add(o)
-    starts = exp.started_at(acts - excluded)
-    excluded.update(a for a, t in starts.items() if t > cutoff)
-    return [(s, p, o) for s, p, o in found if s not in excluded and o not in excluded]
+    todo = [a for a in acts if a not in late]
+    if todo:
+        starts = exp.started_at(todo)
+        for a in todo:
+            t = starts.get(a)
+            late[a] = t is not None and t > cutoff
+    return [(s, p, o) for s, p, o in found if not late.get(s) and not late.get(o)]
 
 
 def _types_of(store: Any, nodes: list[str]) -> dict[str, set[str]]:
