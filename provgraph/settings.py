@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     nats_tls_key: Path | None = None
     nats_stream: str = "PROVGRAPH"
     nats_consumer: str = "provgraph-integrator"
+    nats_max_inflight: int = Field(default=64, ge=1, description="batches a publisher awaits PubAcks for at once")
+    integrator_fetch: int = Field(default=256, ge=1, description="messages the integrator fetches per commit")
+    integrator_commit: Literal["bulk", "transaction"] = Field(
+        default="bulk", description="bulk: Oxigraph bulk loader per fetch (fast; acked after it returns); "
+        "transaction: one ACID transaction per fetch")
     journal_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     queue_size: int = Field(default=100_000, ge=16)
     batch_size: int = Field(default=2_000, ge=1)
