@@ -5,8 +5,8 @@ user's MLflow code.
 
     from provgraph.adapters.mlflow import MlflowObserver
 
-    observer = MlflowObserver("sqlite:///mlflow.db")
-    observer.poll_once()                 # or: observer.run_forever(stop_event)
+    with MlflowObserver("sqlite:///mlflow.db") as observer:
+        observer.poll_once()                 # or: observer.run_forever(stop_event)
 
 or ``provgraph observe mlflow --tracking-uri sqlite:///mlflow.db``.
 
@@ -15,17 +15,18 @@ The observer reads the store only through MLflow's public client API
 ``list_artifacts``, ``download_artifacts``), so any backend works: a sqlite or SQL
 database, a file store, a tracking server.
 
-Mapping (see ``docs/adapters/mlflow.md``):
+Mapping (the full table is in ``docs/adapters/mlflow.md``):
 
 * an **experiment** is a workflow run (:class:`~provgraph.records.RunInfo`, label = the
   experiment name, campaign from settings); its ID is derived from the tracking URI and
   the experiment ID, so it is the same on every restart;
-* an MLflow **run** is a task (``prov:Activity``, ``pg:Task``) with ID ``mlflow-{run_id}``:
-  params are used values (numbers parsed), metrics are generated values (the final value
-  as ``{key}``, the history as ``{key}@{step}``), logged artifacts are content-hashed
-  entities named ``artifact:{path}``, MLflow models ``model:{path}``; the
-  ``mlflow.parentRunId`` tag becomes ``pg:parentTask``; FINISHED → ``finished``,
-  FAILED/KILLED → ``failed``; the MLflow user is the associated agent.
+* an MLflow **run** is a task (``prov:Activity``, ``pg:Task``) whose ID is derived from
+  the tracking URI and the MLflow run ID (:func:`task_id_of`): params are used values
+  (numbers parsed), metrics are generated values (the final value as ``{key}``, the
+  history as ``{key}@{step}``), logged artifacts are content-hashed entities named
+  ``artifact:{path}``, MLflow models ``model:{path}``; the ``mlflow.parentRunId`` tag
+  becomes ``pg:parentTask``; FINISHED → ``finished``, FAILED/KILLED → ``failed``; the
+  MLflow user is the associated agent;
 * runs still RUNNING or SCHEDULED are not recorded yet; they are picked up once they end.
 
 Exactly once, across restarts: after each poll the observer flushes its emitter and only
@@ -37,9 +38,9 @@ poll that was interrupted before its checkpoint are re-emitted without changing 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -50,26 +51,25 @@ from urllib.parse import unquote, urlparse, urlunparse
 from urllib.request import url2pathname
 
 from provgraph.emitter import Emitter
-from provgraph.errors import require
+from provgraph.errors import ConfigError, ProvgraphError, require
 from provgraph.records import Artifact, ErrorInfo, RunInfo, TaskRecord
 from provgraph.settings import Settings, load_settings
 from provgraph.transports import create_transport
 
 from .checkpoint import Checkpoint, checkpoint_path
+from .scalars import parse_scalar
 
-__all__ = ["MlflowObserver", "experiment_run_id", "task_id_of"]
+__all__ = ["MlflowObserver", "experiment_run_id", "normalize_uri", "observe", "parse_param", "task_id_of"]
 
 log = logging.getLogger("provgraph.mlflow")
 
 _TERMINAL = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed"}
-_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")
 _PAGE = 1000
+_FLUSH_EVERY = 500  # records between intermediate flushes (bounds the emitter queue)
+_CHECKPOINT_VERSION = 1
 
-
-def task_id_of(mlflow_run_id: str) -> str:
-    """The provgraph task ID of an MLflow run (MLflow run IDs are UUIDs: globally unique)."""
-    return f"mlflow-{mlflow_run_id}"
+#: MLflow params are strings; integers and decimals become numbers, the rest stays text.
+parse_param = parse_scalar
 
 
 def normalize_uri(uri: str) -> str:
@@ -77,15 +77,25 @@ def normalize_uri(uri: str) -> str:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         return "file://" + os.path.abspath(url2pathname(unquote(parsed.path or uri)))
-    if parsed.scheme.startswith("sqlite") and parsed.path.startswith("/") and not parsed.path.startswith("//"):
-        # sqlite:///relative.db and sqlite:////abs.db
-        rel = parsed.path[1:]
-        return f"{parsed.scheme}:///{os.path.abspath(rel)}" if not os.path.isabs(rel) else f"{parsed.scheme}://{rel}"
+    if parsed.scheme.startswith("sqlite"):
+        path = _sqlite_path(uri)
+        return uri if path is None else f"{parsed.scheme}:///{path}"
     if parsed.username or parsed.password:
         host = parsed.hostname or ""
         netloc = host + (f":{parsed.port}" if parsed.port else "")
         return urlunparse(parsed._replace(netloc=netloc))
     return uri
+
+
+def _sqlite_path(uri: str) -> str | None:
+    """The absolute database path of ``sqlite:///rel.db`` / ``sqlite:////abs.db``; None
+    for an in-memory database."""
+    parsed = urlparse(uri)
+    path = parsed.path
+    if not path or path == "/" or path == "/:memory:":
+        return None
+    rel = path[1:]  # sqlite:///x -> "x" (relative), sqlite:////x -> "/x" (absolute)
+    return os.path.abspath(unquote(rel))
 
 
 def experiment_run_id(tracking_uri: str, experiment_id: str) -> str:
@@ -94,13 +104,11 @@ def experiment_run_id(tracking_uri: str, experiment_id: str) -> str:
     return "mlflow-exp-" + hashlib.sha256(key).hexdigest()[:24]
 
 
-def parse_param(text: str) -> Any:
-    """MLflow params are strings: integers and decimals become numbers, the rest stays text."""
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    return text
+def task_id_of(tracking_uri: str, mlflow_run_id: str) -> str:
+    """The provgraph task ID of one MLflow run of one tracking store (deterministic: the
+    same on every poll and restart, so re-emitting a run changes nothing)."""
+    key = f"{normalize_uri(tracking_uri)}|{mlflow_run_id}".encode()
+    return "mlflow-" + hashlib.sha256(key).hexdigest()[:32]
 
 
 def _local_path(uri: str) -> str | None:
@@ -131,7 +139,11 @@ class MlflowObserver:
     :param overlap_s: incremental polls re-read runs that ended up to this long before the
         newest end time seen (clock skew between clients).
     :param full_scan_every: every n-th poll lists every run, not only recently ended ones.
+    :param flush_timeout: seconds to wait for the emitter before giving up on a poll
+        (nothing is checkpointed then; the next poll re-reads the same runs).
     :raises MissingDependencyError: when MLflow is not installed (extra ``mlflow``).
+    :raises ConfigError: a ``sqlite:`` URI naming a database that does not exist, or a
+        corrupt checkpoint.
     """
 
     def __init__(self, tracking_uri: str, *, settings: Settings | None = None, emitter: Emitter | None = None,
@@ -140,13 +152,16 @@ class MlflowObserver:
                  overlap_s: float = 600.0, full_scan_every: int = 30,
                  flush_timeout: float = 60.0) -> None:
         require("mlflow", "mlflow")
+        if urlparse(tracking_uri).scheme.startswith("sqlite"):
+            db = _sqlite_path(tracking_uri)
+            if db is not None and not os.path.isfile(db):
+                # MLflow would create (and migrate) an empty database: observing never writes.
+                raise ConfigError(f"tracking_uri: no MLflow database at {db} (from {tracking_uri!r})")
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri
+        self.uri = normalize_uri(tracking_uri)
         self.settings = settings or load_settings()
-        self._owns_emitter = emitter is None
-        self.emitter = emitter or Emitter(create_transport(self.settings), self.settings)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.poll_interval = poll_interval
         self.experiments = experiments
         self.history_max_points = history_max_points
@@ -154,58 +169,95 @@ class MlflowObserver:
         self.overlap_ms = int(overlap_s * 1000)
         self.full_scan_every = max(1, full_scan_every)
         self.flush_timeout = flush_timeout
-        self.checkpoint = Checkpoint(checkpoint_path(self.settings, "mlflow", normalize_uri(tracking_uri)))
-        state = self.checkpoint.load()
-        self._seen: dict[str, int] = dict(state.get("seen", {}))
-        self._watermark: int | None = state.get("watermark")
+        self.checkpoint = Checkpoint(checkpoint_path(self.settings, "mlflow", self.uri))
+        try:
+            state = self.checkpoint.load()
+        except ValueError as exc:
+            raise ConfigError(f"checkpoint {self.checkpoint.path} is corrupt ({exc}); "
+                              "delete it to re-read the whole store") from None
+        self._seen: dict[str, int] = {str(k): int(v) for k, v in dict(state.get("seen", {})).items()}
+        watermark = state.get("watermark")
+        self._watermark: int | None = None if watermark is None else int(watermark)
+        self._cache_prefix = self.checkpoint.path.stem + "-"
+        self._clear_cache()
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._owns_emitter = emitter is None
+        self.emitter = emitter or Emitter(create_transport(self.settings), self.settings)
         self._announced: set[str] = set()
         self._polls = 0
-        self.stats = {"polls": 0, "runs": 0, "pending": 0, "errors": 0}
+        self.stats = {"polls": 0, "runs": 0, "pending": 0, "errors": 0, "skipped": 0}
 
     # -- polling ---------------------------------------------------------------------
     def poll_once(self) -> int:
         """Record every run that ended since the last checkpoint; return how many.
 
-        Raises what the MLflow client raises when the store cannot be read; nothing is
-        checkpointed then, so the next poll retries.
+        :raises ProvgraphError: the store cannot be read (nothing is checkpointed then,
+            the next poll retries), or the records could not be delivered in
+            ``flush_timeout`` (they stay queued; the next poll re-reads those runs).
         """
         full = self._watermark is None or self._polls % self.full_scan_every == 0
         self._polls += 1
         self.stats["polls"] += 1
-        experiments = self._experiments()
-        if not experiments:
-            return 0
-        runs = {e.experiment_id: self._announce(e) for e in experiments}
-        cache = Path(tempfile.mkdtemp(prefix="mlflow-", dir=self._cache_root()))
-        new: dict[str, int] = {}
-        pending = 0
+        cache = Path(tempfile.mkdtemp(prefix=self._cache_prefix, dir=self._cache_root()))
+        delivered = False
         try:
-            for run in self._search(list(runs), None if full else self._watermark - self.overlap_ms):
+            new, pending = self._emit_new(cache, full)
+            self.stats["pending"] = pending
+            if not new:
+                delivered = True
+                return 0
+            if not self.emitter.force_flush(self.flush_timeout):
+                self.stats["errors"] += 1
+                raise ProvgraphError(f"provgraph mlflow observer: records of {len(new)} runs were not delivered in "
+                                     f"{self.flush_timeout:g} s; they will be re-read at the next poll")
+            delivered = True
+            self._seen.update(new)
+            top = max(new.values())
+            self._watermark = top if self._watermark is None else max(self._watermark, top)
+            self.checkpoint.save({"version": _CHECKPOINT_VERSION, "tracking_uri": self.uri,
+                                  "seen": self._seen, "watermark": self._watermark})
+            self.stats["runs"] += len(new)
+            return len(new)
+        finally:
+            if delivered:  # downloaded artifacts were hashed: the records are out
+                shutil.rmtree(cache, ignore_errors=True)
+
+    def _emit_new(self, cache: Path, full: bool) -> tuple[dict[str, int], int]:
+        """Emit a record per newly ended run; ``({run_id: end_ms}, runs still running)``."""
+        try:
+            experiments = self._experiments()
+            runs = {e.experiment_id: self._announce(e) for e in experiments}
+            new: dict[str, int] = {}
+            pending = 0
+            if not runs:
+                return new, 0
+            since = None if full or self._watermark is None else self._watermark - self.overlap_ms
+            for run in self._search(list(runs), since):
                 info = run.info
                 if info.run_id in self._seen or info.run_id in new:
                     continue
                 if info.status not in _TERMINAL:
                     pending += 1
                     continue
-                record = self._record(run, runs[info.experiment_id], cache)
-                self.emitter.emit(record)
+                try:
+                    record = self._record(run, runs[info.experiment_id], cache)
+                except Exception as exc:  # noqa: BLE001 - one unreadable run must not block the others
+                    self.stats["errors"] += 1
+                    self.stats["skipped"] += 1
+                    log.warning("provgraph mlflow observer: cannot read run %s (%s: %s); it is retried at "
+                                "the next full scan", info.run_id, type(exc).__name__, exc)
+                    continue
+                self.emitter.emit_control(record)
                 new[info.run_id] = int(info.end_time or info.start_time or 0)
-            self.stats["pending"] = pending
-            if not new:
-                return 0
-            if not self.emitter.force_flush(self.flush_timeout):
-                self.stats["errors"] += 1
-                log.warning("provgraph mlflow observer: flush timed out; %d runs will be re-read", len(new))
-                return 0
-            self._seen.update(new)
-            top = max(new.values())
-            self._watermark = top if self._watermark is None else max(self._watermark, top)
-            self.checkpoint.save({"version": 1, "tracking_uri": normalize_uri(self.tracking_uri),
-                                  "seen": self._seen, "watermark": self._watermark})
-            self.stats["runs"] += len(new)
-            return len(new)
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
+                if len(new) % _FLUSH_EVERY == 0:
+                    self.emitter.force_flush(self.flush_timeout)
+            return new, pending
+        except ProvgraphError:
+            raise
+        except Exception as exc:
+            self.stats["errors"] += 1
+            raise ProvgraphError(f"cannot read the MLflow tracking store {self.uri}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Poll every ``poll_interval`` seconds until ``stop_event`` is set. A failing
@@ -215,9 +267,8 @@ class MlflowObserver:
                 n = self.poll_once()
                 if n:
                     log.info("provgraph mlflow observer: recorded %d runs", n)
-            except Exception:
-                self.stats["errors"] += 1
-                log.warning("provgraph mlflow observer: poll failed", exc_info=True)
+            except ProvgraphError as exc:
+                log.warning("provgraph mlflow observer: %s (retrying in %g s)", exc, self.poll_interval)
             stop_event.wait(self.poll_interval)
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -237,6 +288,14 @@ class MlflowObserver:
         root = self.settings.data_dir / "observers" / "mlflow-cache"
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+    def _clear_cache(self) -> None:
+        """Remove downloads a previous (killed) observer of this store left behind."""
+        root = self.settings.data_dir / "observers" / "mlflow-cache"
+        if root.is_dir():
+            for entry in root.iterdir():
+                if entry.name.startswith(self._cache_prefix):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def _experiments(self) -> list[Any]:
         out: list[Any] = []
@@ -266,8 +325,7 @@ class MlflowObserver:
             experiment_run_id(self.tracking_uri, experiment.experiment_id), experiment.name,
             campaign=self.settings.campaign, started_ns=_ms_to_ns(experiment.creation_time) or 0,
             source_tool="mlflow",
-            attributes={"mlflow.experimentId": str(experiment.experiment_id),
-                        "mlflow.trackingUri": normalize_uri(self.tracking_uri)},
+            attributes={"mlflow.experimentId": str(experiment.experiment_id), "mlflow.trackingUri": self.uri},
         )
         if run.run_id not in self._announced:
             self._announced.add(run.run_id)
@@ -291,7 +349,7 @@ class MlflowObserver:
             self._dataset(ds, inputs)
         outputs: dict[str, Any] = {}
         for key, value in sorted(data.metrics.items()):
-            outputs[key] = value
+            outputs[key] = float(value)
             if self.history_max_points:
                 outputs.update(self._history(info.run_id, key))
         for name, value in self._artifacts(info, cache):
@@ -307,11 +365,12 @@ class MlflowObserver:
                 attributes[key] = value
         parent = tags.get("mlflow.parentRunId")
         return TaskRecord(
-            task_id=task_id_of(info.run_id), run=wf, name=info.run_name or tags.get("mlflow.runName") or info.run_id,
+            task_id=task_id_of(self.tracking_uri, info.run_id), run=wf,
+            name=info.run_name or tags.get("mlflow.runName") or info.run_id,
             started_ns=_ms_to_ns(info.start_time), ended_ns=_ms_to_ns(info.end_time),
             inputs=inputs, outputs=outputs, status=status, error=error,
-            parent_id=task_id_of(parent) if parent else None,
-            host=tags.get("host") or tags.get("mlflow.source.host") or None,
+            parent_id=task_id_of(self.tracking_uri, parent) if parent else None,
+            host=tags.get("host") or None,
             function=tags.get("mlflow.source.name") or None, attributes=attributes,
         )
 
@@ -340,8 +399,6 @@ class MlflowObserver:
         source = getattr(ds, "source", "") or ""
         path = None
         try:
-            import json
-
             parsed = json.loads(source) if source.startswith("{") else {"uri": source}
             uri = str(parsed.get("uri") or parsed.get("path") or "")
             path = _local_path(uri) if uri else None
@@ -359,12 +416,7 @@ class MlflowObserver:
         stack = [""]
         while stack:
             folder = stack.pop()
-            try:
-                entries = self.client.list_artifacts(info.run_id, folder or None)
-            except Exception:
-                self.stats["errors"] += 1
-                log.warning("provgraph mlflow observer: cannot list artifacts of %s", info.run_id, exc_info=True)
-                return
+            entries = self.client.list_artifacts(info.run_id, folder or None)
             if folder and any(not e.is_dir and e.path.rsplit("/", 1)[-1] == "MLmodel" for e in entries):
                 yield f"model:{folder}", self._fetch(info, root, folder, None, cache)
                 continue
@@ -375,17 +427,14 @@ class MlflowObserver:
                     yield f"artifact:{entry.path}", self._fetch(info, root, entry.path, entry.file_size, cache)
 
     def _fetch(self, info: Any, root: str | None, rel: str, size: int | None, cache: Path) -> Any:
+        """A local artifact is hashed in place; a remote one is downloaded into ``cache``
+        (deleted once its record was delivered)."""
         if root is not None:
             return Artifact(path=os.path.join(root, rel))
         uri = f"{info.artifact_uri.rstrip('/')}/{rel}"
         if size is not None and size > self.max_download_bytes:
             return uri
-        try:
-            local = self.client.download_artifacts(info.run_id, rel, dst_path=str(cache / info.run_id))
-        except Exception:
-            self.stats["errors"] += 1
-            log.warning("provgraph mlflow observer: cannot download %s", uri, exc_info=True)
-            return uri
+        local = self.client.download_artifacts(info.run_id, rel, dst_path=str(cache / info.run_id))
         return Artifact(path=local)
 
     def _logged_models(self, run: Any, cache: Path) -> Iterator[tuple[str, Any]]:
@@ -396,25 +445,21 @@ class MlflowObserver:
             model_id = getattr(out, "model_id", None)
             if not model_id:
                 continue
-            try:
-                model = self.client.get_logged_model(model_id)
-                location = str(model.artifact_location)
-                local = _local_path(location)
-                if local is None:
-                    import mlflow.artifacts
+            model = self.client.get_logged_model(model_id)
+            location = str(model.artifact_location)
+            local = _local_path(location)
+            if local is None:
+                import mlflow.artifacts
 
-                    local = mlflow.artifacts.download_artifacts(
-                        artifact_uri=location, dst_path=str(cache / model_id), tracking_uri=self.tracking_uri)
-                yield f"model:{model.name or model_id}", Artifact(path=local)
-            except Exception:
-                self.stats["errors"] += 1
-                log.warning("provgraph mlflow observer: cannot read logged model %s", model_id, exc_info=True)
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=location, dst_path=str(cache / model_id), tracking_uri=self.tracking_uri)
+            yield f"model:{model.name or model_id}", Artifact(path=local)
 
 
 def observe(tracking_uri: str, *, once: bool = False, interval: float = 10.0,
             settings: Settings | None = None, stop_event: threading.Event | None = None) -> int:
-    """Run an observer (the ``provgraph observe mlflow`` command); returns runs recorded
-    by a single poll when ``once``, else polls until ``stop_event`` is set."""
+    """Run an observer (what ``provgraph observe mlflow`` does); returns the number of
+    runs recorded: by a single poll when ``once``, else until ``stop_event`` is set."""
     observer = MlflowObserver(tracking_uri, settings=settings, poll_interval=interval)
     try:
         if once:
@@ -423,4 +468,3 @@ def observe(tracking_uri: str, *, once: bool = False, interval: float = 10.0,
         return observer.stats["runs"]
     finally:
         observer.close()
-

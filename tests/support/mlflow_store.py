@@ -51,6 +51,13 @@ for i in range(count):
         mlflow.log_param("i", i)
         mlflow.log_metric("score", i / 10)
     time.sleep(pause)
+if prefix == "hold":  # a run that stays RUNNING until the file "release" appears
+    with mlflow.start_run(run_name="held") as run:
+        mlflow.log_param("held", "yes")
+        note(run)
+        while not Path("release").exists():
+            time.sleep(0.05)
+        mlflow.log_metric("score", 1.0)
 '''
 
 
@@ -60,8 +67,7 @@ def log_runs(workdir: Path, uri: str, ids_file: Path, prefix: str, count: int, p
     script = workdir / "train.py"
     if not script.exists():
         script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVGRAPH_", "MLFLOW_"))}
-    env["MLFLOW_TRACKING_URI"] = uri
+    env = clean_env(MLFLOW_TRACKING_URI=uri)
     proc = subprocess.Popen([sys.executable, str(script), str(ids_file), prefix, str(count), str(pause)],
                             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if wait:
@@ -70,5 +76,22 @@ def log_runs(workdir: Path, uri: str, ids_file: Path, prefix: str, count: int, p
     return proc
 
 
+def observer_command(data_dir: Path, uri: str, *extra: str) -> list[str]:
+    """``provgraph observe mlflow`` as a user starts it (into the on-disk store of ``data_dir``)."""
+    return [sys.executable, "-m", "provgraph", "--data-dir", str(data_dir), "observe", "mlflow",
+            "--tracking-uri", uri, *extra]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without provgraph/MLflow settings of the test process, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROVGRAPH_", "MLFLOW_"))}
+    env.update(extra)
+    return env
+
+
 def run_ids(ids_file: Path) -> list[str]:
-    return [line for line in ids_file.read_text().splitlines() if line]
+    """The MLflow run IDs the script wrote so far (complete lines only)."""
+    if not ids_file.exists():
+        return []
+    text = ids_file.read_text()
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line]
