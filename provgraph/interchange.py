@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyoxigraph as ox
 
-from .errors import NotFoundError, ParseError
+from .errors import NotFoundError, ParseError, ProvgraphError, require
 from .namespaces import DCTERMS, PG, PG_NS, PROV, PROV_NS, RDF, RDFS
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ __all__ = [
     "from_prov",
     "guess_format",
     "import_document",
+    "import_file",
     "select_quads",
     "to_prov",
 ]
@@ -214,9 +215,14 @@ def to_prov(quads: Iterable[ox.Quad], *, bundles: dict[str, list[ox.Quad]] | Non
     from prov.model import ProvDocument
 
     doc = ProvDocument()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # prov warns about statements with no PROV meaning
-        ProvRDFSerializer(doc).decode_document(ds, doc)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # prov warns about statements with no PROV meaning
+            ProvRDFSerializer(doc).decode_document(ds, doc)
+    except Exception as exc:  # prov raises ProvException and others for PROV-O it cannot express
+        raise ProvgraphError(
+            f"these statements cannot be written as a PROV document ({type(exc).__name__}: {exc}); "
+            "export them as RDF instead (--format trig, nquads or turtle)") from exc
     return doc
 
 
@@ -225,6 +231,7 @@ def _namespace_manager(ds: Any, quads: list[ox.Quad], bundles: dict[str, list[ox
 
     nm = NamespaceManager(ds, bind_namespaces="none")
     nm.bind("prov", PROV_NS)
+    nm.bind("xsd", "http://www.w3.org/2001/XMLSchema#")
     for prefix, ns in _prov_prefixes().items():
         nm.bind(prefix, ns)
     iris = {t.value for q in quads for t in (q.subject, q.object) if isinstance(t, ox.NamedNode)}
@@ -281,6 +288,9 @@ def export(store: Store | RemoteStore, fmt: str, *, run: str | None = None, camp
 
 
 def serialize_prov(doc: ProvDocument, fmt: str) -> bytes:
+    """``doc`` as PROV-JSON, PROV-N or PROV-XML (``fmt`` of :data:`PROV_FORMATS`)."""
+    if fmt == "provxml":
+        require("lxml", "xml")
     buf = io.StringIO()
     kwargs: dict[str, Any] = {"indent": 2} if fmt == "prov-json" else {}
     with warnings.catch_warnings():
@@ -332,10 +342,15 @@ def from_prov(data: bytes, fmt: str) -> ProvDocument:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParseError(f"{fmt} document is not UTF-8: {exc}") from exc
+    if fmt == "provxml":
+        require("lxml", "xml")  # prov reads and writes PROV-XML with lxml
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             doc = ProvDocument.deserialize(content=text, format=PROV_FORMATS[fmt])
+    except NotImplementedError as exc:  # prov < 3 has no PROV-N parser
+        raise ParseError(f"the installed prov library cannot read {fmt} (PROV-N parsing needs prov >= 3); "
+                         "convert the document to PROV-JSON or PROV-XML first") from exc
     except Exception as exc:  # prov raises many types (KeyError, TypeError, lxml errors, ...)
         raise ParseError(f"invalid {fmt} document: {type(exc).__name__}: {exc}") from exc
     if doc is None:
@@ -403,9 +418,13 @@ def import_document(store: Store | RemoteStore, data: bytes, fmt: str, *, graph:
     the graph IRI. Atomic: on :class:`ParseError` the store is unchanged."""
     if fmt not in IMPORT_FORMATS:
         raise ParseError(f"unknown import format {fmt!r}; known: {', '.join(IMPORT_FORMATS)}")
+    by_content = graph is None
     if graph is None:
         graph = IMPORT_GRAPH_BASE + "sha256-" + hashlib.sha256(data).hexdigest()
-    target = ox.NamedNode(graph)
+    try:
+        target = ox.NamedNode(graph)
+    except ValueError as exc:
+        raise ParseError(f"the target graph must be an absolute IRI, not {graph!r}: {exc}") from exc
     if fmt in PROV_FORMATS:
         doc = from_prov(data, fmt)
         quads = _prov_to_quads(doc, graph)
@@ -429,18 +448,22 @@ def import_document(store: Store | RemoteStore, data: bytes, fmt: str, *, graph:
         if not _has_prov(quads):
             raise ParseError(f"the {fmt} document holds no PROV statements (no term of {PROV_NS}); "
                              "refusing to import it as provenance")
-    if graph in set(store.named_graphs()):
+    if by_content and graph in set(store.named_graphs()):
         return graph  # the same bytes were imported before: RDF is a set, nothing to add
     body = ox.serialize(quads, format=ox.RdfFormat.N_QUADS) or b""
     store.load(body, "nquads")  # one transaction
     return graph
 
 
-def import_file(store: Store | RemoteStore, path: str | Path, fmt: str | None = None) -> str:
-    """Import the file at ``path`` (format from its suffix unless given)."""
+def import_file(store: Store | RemoteStore, path: str | Path, fmt: str | None = None, *,
+                graph: str | None = None) -> str:
+    """Import the file at ``path`` (format from its suffix unless given) with
+    :func:`import_document`; returns the graph IRI."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except FileNotFoundError as exc:
         raise NotFoundError(f"no such file: {p}") from exc
-    return import_document(store, data, fmt or guess_format(p))
+    except OSError as exc:
+        raise ParseError(f"cannot read {p}: {exc}") from exc
+    return import_document(store, data, fmt or guess_format(p), graph=graph)

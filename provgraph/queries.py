@@ -4,14 +4,20 @@ Each ``.rq`` file starts with a header comment::
 
     # name:    upstream
     # purpose: what the query answers (may continue on following ``#`` lines)
-    # params:  ?node (IRI) the entity or activity to start from
-    #          ?k (integer, optional) ...
+    # params:  ?node (iri) the entity or activity to start from
+    #          ?k (integer, default 10) how many
+    #          ?workflow (string, optional) ...
+
+Types: ``iri``, ``string``, ``integer``, ``double``, ``boolean``, ``datetime``. Every
+parameter is a variable of the query and appears in its ``SELECT`` projection (pyoxigraph
+substitutes only projected variables; ``tests/test_queries.py`` checks each file).
 
 Parameters are never spliced into the query text: :func:`bind` converts each value to
-a typed RDF term (IRI, string, integer, double, boolean, dateTime) and the store binds
-it as a variable (pyoxigraph ``substitutions``; a trailing ``VALUES`` row for remote
-stores). A parameter marked ``optional`` that is not given stays unbound and matches
-anything.
+a typed RDF term (validated by pyoxigraph) and :func:`run` binds it as a variable — with
+pyoxigraph ``substitutions`` on the embedded store, and with a ``VALUES`` row serialized
+by pyoxigraph at the start of the query's ``WHERE`` block on a remote store. A parameter
+marked ``optional`` that is not given stays unbound and matches anything; one with a
+``default`` gets that value.
 
 The files live in the repository's top-level ``queries/`` folder and are shipped in
 the wheel as ``provgraph/query_library/*.rq`` (``pyproject.toml`` maps the folder);
@@ -32,7 +38,8 @@ import pyoxigraph as ox
 from .errors import NotFoundError, QueryError
 from .namespaces import XSD
 
-__all__ = ["NamedQuery", "Param", "bind", "library_dir", "list_queries", "load_query", "to_term"]
+__all__ = ["NamedQuery", "Param", "bind", "library_dir", "list_queries", "load_query", "run", "to_term",
+           "with_values"]
 
 _PARAM = re.compile(r"^\?([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(([^)]*)\))?\s*(.*)$")
 _TYPES = ("iri", "string", "integer", "double", "boolean", "datetime")
@@ -47,6 +54,12 @@ class Param:
     type: str = "string"
     optional: bool = False
     description: str = ""
+    default: str | None = None
+
+    def describe(self) -> str:
+        """``name (type, optional|default X) description`` for listings."""
+        extra = f", default {self.default}" if self.default is not None else ", optional" if self.optional else ""
+        return f"{self.name} ({self.type}{extra}) {self.description}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -99,12 +112,17 @@ def parse_header(text: str, default_name: str) -> tuple[str, str, tuple[Param, .
         elif section == "params" and body:
             m = _PARAM.match(body)
             if m:
-                opts = [o.strip().lower() for o in (m.group(2) or "string").split(",")]
+                raw = [o.strip() for o in (m.group(2) or "string").split(",")]
+                opts = [o.lower() for o in raw]
                 ptype = next((o for o in opts if o in _TYPES), "string")
-                params.append(Param(m.group(1), ptype, "optional" in opts, m.group(3).strip()))
+                default = next((o.split(None, 1)[1] if " " in o else "" for o in raw
+                                if o.lower().startswith("default")), None)
+                params.append(Param(m.group(1), ptype, "optional" in opts or default is not None,
+                                    m.group(3).strip(), default))
             elif params:  # continuation of the previous parameter's description
                 last = params[-1]
-                params[-1] = Param(last.name, last.type, last.optional, f"{last.description} {body}".strip())
+                params[-1] = Param(last.name, last.type, last.optional, f"{last.description} {body}".strip(),
+                                   last.default)
     return name, " ".join(purpose_lines), tuple(params)
 
 
@@ -174,7 +192,49 @@ def bind(query: NamedQuery, params: dict[str, Any]) -> dict[str, ox.NamedNode | 
         if value is None:
             continue
         out[p.name] = to_term(value, p.type)
+    for p in query.params:
+        if p.name not in out and p.default is not None:
+            out[p.name] = to_term(p.default, p.type)
     missing = [p.name for p in query.params if not p.optional and p.name not in out]
     if missing:
         raise QueryError(f"query {query.name!r} needs parameter(s): {', '.join(missing)}")
     return out
+
+
+def run(store: Any, query: NamedQuery | str, params: dict[str, Any] | None = None) -> Any:
+    """Run a named query (a :class:`NamedQuery` or its name) with ``params`` on any
+    store; returns what ``store.query`` returns (pyoxigraph solutions, boolean or
+    triples). The embedded store binds with pyoxigraph ``substitutions``; any other
+    store gets the bindings as a ``VALUES`` row (:func:`with_values`)."""
+    from .store import Store
+
+    named = load_query(query) if isinstance(query, str) else query
+    bindings = bind(named, params or {})
+    if isinstance(store, Store):
+        return store.query(named.sparql, substitutions=bindings or None)
+    return store.query(with_values(named.sparql, bindings))
+
+
+_SKIP_TOKEN = re.compile(r'#[^\n]*|<[^<>"{}|^`\\\s]*>|"""(?:[^\\]|\\.)*?"""|\'\'\'(?:[^\\]|\\.)*?\'\'\''
+                         r'|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', re.S)
+
+
+def with_values(sparql: str, bindings: dict[str, ox.NamedNode | ox.Literal]) -> str:
+    """``sparql`` with ``VALUES (?a ?b) { (term term) }`` as the first element of its
+    outermost ``WHERE`` block, so the bindings join before anything else (filters,
+    optionals and aggregates see them, as with a substitution). The terms are written
+    by pyoxigraph from validated RDF terms, never copied from user text."""
+    if not bindings:
+        return sparql
+    for name in bindings:
+        if not _NAME.match(name):
+            raise QueryError(f"invalid variable name {name!r}")
+    masked = _SKIP_TOKEN.sub(lambda m: " " * len(m.group(0)), sparql)  # comments, IRIs, strings
+    where = re.search(r"\bWHERE\s*\{", masked, re.I)
+    brace = where.end() - 1 if where else masked.find("{")
+    if brace < 0:
+        raise QueryError("cannot bind parameters: the query has no WHERE block")
+    names = list(bindings)
+    row = " ".join(str(bindings[n]) for n in names)
+    values = f" VALUES ({' '.join('?' + n for n in names)}) {{ ({row}) }} "
+    return sparql[:brace + 1] + values + sparql[brace + 1:]

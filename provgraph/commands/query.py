@@ -55,15 +55,22 @@ def run(args: argparse.Namespace) -> int:
         for q in queries.list_queries():
             print(f"{q.name}: {q.purpose}")
             for prm in q.params:
-                print(f"    {prm.name} ({prm.type}{', optional' if prm.optional else ''}) {prm.description}")
+                print(f"    --param {prm.describe()}")
+            if not q.params:
+                print("    (no parameters)")
         return 0
-    substitutions: dict[str, Any] | None = None
+    named = None
     if args.name:
+        if args.sparql or args.file:
+            raise QueryError("give either --name or a query (text or --file), not both")
         named = queries.load_query(args.name)
-        text = named.sparql
-        substitutions = queries.bind(named, _params(args.param))
+        params = _params(args.param)
+        queries.bind(named, params)  # bad parameters are reported before the store is opened
     elif args.file:
-        text = Path(args.file).read_text(encoding="utf-8")
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise QueryError(f"cannot read the query file {args.file}: {exc}") from exc
     elif args.sparql == "-":
         text = sys.stdin.read()
     elif args.sparql:
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise QueryError("--param is for named queries (--name)")
     store = open_store(args)
     try:
-        result = store.query(text, substitutions=substitutions)
+        result = queries.run(store, named, params) if named is not None else store.query(text)
         write_result(result, args.format, sys.stdout, limit=args.limit)
     finally:
         store.close()

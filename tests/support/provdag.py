@@ -97,3 +97,79 @@ def digraph(n_tasks: int, **kwargs: object) -> object:
     g = nx.DiGraph()
     g.add_edges_from((s, o) for s, _, o in edges(n_tasks, **kwargs))  # type: ignore[arg-type]
     return g
+
+
+# -- a small campaign recorded with the real capture API ------------------------------
+
+CAMPAIGN = "mida-test"
+LEARNING_RATES = (0.01, 0.1, 0.3, 0.9)  # 0.9 fails (diverges)
+
+
+def record_campaign(workdir: object, **settings: object) -> dict[str, object]:
+    """Run three small workflows with ``@provgraph.task`` into memory and return what a
+    test needs to know: ``nquads`` (everything captured), the files written and the run
+    IDs. ``acquire`` writes raw.bin; ``hpsearch`` preprocesses it (declaring a config
+    file with ``provgraph.used``) and trains one model per learning rate (the last one
+    fails); ``evaluate`` reads the best model under another name. Telemetry is
+    ``task``-level unless ``settings`` say otherwise."""
+    import shutil
+    from pathlib import Path
+
+    import provgraph
+    from provgraph.testing import capture
+
+    root = Path(str(workdir))
+    root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, object] = {"runs": {}}
+
+    @provgraph.task
+    def acquire(n_frames: int) -> Path:
+        p = root / "raw.bin"
+        p.write_bytes(bytes(range(n_frames)) * 100)
+        return p
+
+    @provgraph.task
+    def preprocess(raw: Path) -> Path:
+        cfg = root / "preprocess.toml"
+        cfg.write_text("normalize = true\n")
+        provgraph.used(cfg)
+        p = root / "clean.bin"
+        p.write_bytes(raw.read_bytes()[::-1])
+        return p
+
+    @provgraph.task
+    def train(data: Path, lr: float, epochs: int) -> dict[str, object]:
+        if lr > 0.5:
+            raise ValueError(f"training diverged at lr={lr}")
+        model = root / f"model-{lr}.bin"
+        model.write_bytes(data.read_bytes()[:64] + str(lr).encode())
+        return {"model": model, "accuracy": round(0.9 - abs(lr - 0.1), 3), "loss": round(lr * 2, 3)}
+
+    @provgraph.task
+    def evaluate(model: Path, split: str) -> dict[str, object]:
+        report = root / "report.txt"
+        report.write_text(f"{model.name} {split} ok\n")
+        return {"report": report, "score": 0.77}
+
+    with capture(telemetry=settings.pop("telemetry", "task"), **settings) as cap:
+        with provgraph.workflow("acquire", campaign=CAMPAIGN) as run:
+            raw = acquire(8)
+        out["runs"]["acquire"] = run.run_id  # type: ignore[index]
+        models = {}
+        with provgraph.workflow("hpsearch", campaign=CAMPAIGN) as run:
+            clean = preprocess(raw)
+            for lr in LEARNING_RATES:
+                try:
+                    models[lr] = train(clean, lr, epochs=3)["model"]
+                except ValueError:
+                    pass
+        out["runs"]["hpsearch"] = run.run_id  # type: ignore[index]
+        best = root / "copy-of-best-model.bin"
+        shutil.copy(models[0.1], best)  # type: ignore[arg-type]
+        with provgraph.workflow("evaluate", campaign="other-campaign") as run:
+            evaluate(best, "test")
+        out["runs"]["evaluate"] = run.run_id  # type: ignore[index]
+        out["nquads"] = cap.nquads()
+    out.update(raw=raw, clean=clean, models=models, best=best, report=root / "report.txt",
+               config=root / "preprocess.toml")
+    return out
