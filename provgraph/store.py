@@ -99,6 +99,26 @@ class Store:
         except OSError as exc:
             raise StoreError(f"store write failed: {exc}") from exc
 
+    def load_batch(self, data: bytes | str, fmt: str = "trig") -> int:
+        """Load one batch fast: parse it completely first (a malformed batch raises
+        :class:`ParseError` and writes nothing), then write it with Oxigraph's bulk
+        loader, about 4x faster than :meth:`load`'s transaction. The write itself is not
+        transactional: an I/O failure or a crash in the middle can leave part of the
+        batch, which re-sending the batch completes (RDF is a set). Returns the quad count.
+        """
+        self._check_writable()
+        try:
+            quads = list(ox.parse(data, format=FORMATS[fmt]))
+        except KeyError as exc:
+            raise ParseError(f"unknown RDF format {fmt!r}; known: {', '.join(FORMATS)}") from exc
+        except (SyntaxError, ValueError, TypeError) as exc:
+            raise ParseError(f"invalid {fmt}: {exc}") from exc
+        try:
+            self._ox.bulk_extend(quads)
+        except OSError as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+        return len(quads)
+
     def _check_writable(self) -> None:
         if self.read_only:
             raise StoreError("the store is open read-only")

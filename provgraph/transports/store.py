@@ -52,6 +52,8 @@ class StoreTransport(Transport):
         target = self._target()
         if isinstance(target, JournalTransport):
             target.publish(batch)
+        elif isinstance(target, Store):
+            target.load_batch(batch.data, batch.format)  # validated, then bulk-written
         else:
             target.load(batch.data, batch.format)
 
