@@ -95,36 +95,30 @@ def _base_prefixes(iris: Iterable[str]) -> dict[str, str]:
 
 # -- selecting what to export ------------------------------------------------------------
 
+def _select(store: Store | RemoteStore, sparql: str, **bindings: ox.NamedNode | ox.Literal) -> list[Any]:
+    """Rows of a SELECT over the named graphs, with ``bindings`` as a leading VALUES row
+    (terms serialized by pyoxigraph: user text is never spliced into the query)."""
+    from .queries import with_values
+
+    return list(store.query(with_values(sparql, bindings), union_default_graph=False))
+
+
 def _graph_of_run(store: Store | RemoteStore, run: str) -> list[str]:
-    rows = store.query(
-        "SELECT DISTINCT ?g WHERE { GRAPH ?g { ?r a ?cls ; ?idp ?id } "
-        "FILTER(?r = ?iri || STR(?id) = STR(?iri)) }",
-        substitutions={"cls": ox.NamedNode(PG.WorkflowRun), "idp": ox.NamedNode(DCTERMS.identifier),
-                       "iri": ox.Literal(run)},
-        union_default_graph=False)
-    graphs = [r["g"].value for r in rows]
-    if not graphs:  # maybe an IRI was given
-        try:
-            node = ox.NamedNode(run)
-        except ValueError:
-            node = None
-        if node is not None:
-            rows = store.query("SELECT DISTINCT ?g WHERE { GRAPH ?g { ?r a ?cls } }",
-                               substitutions={"r": node, "cls": ox.NamedNode(PG.WorkflowRun)},
-                               union_default_graph=False)
-            graphs = [r["g"].value for r in rows]
+    rows = _select(store,
+                   f"SELECT DISTINCT ?g WHERE {{ GRAPH ?g {{ ?r a <{PG.WorkflowRun}> . "
+                   f"OPTIONAL {{ ?r <{DCTERMS.identifier}> ?id }} }} "
+                   "FILTER(STR(?r) = ?wanted || STR(?id) = ?wanted) }", wanted=ox.Literal(run))
+    graphs = sorted({r["g"].value for r in rows})
     if not graphs:
         raise NotFoundError(f"no workflow run {run!r} (give its identifier or IRI)")
-    return sorted(set(graphs))
+    return graphs
 
 
 def _graphs_of_campaign(store: Store | RemoteStore, campaign: str) -> list[str]:
-    rows = store.query(
-        "SELECT DISTINCT ?g WHERE { GRAPH ?g { ?r ?inc ?c } ?c ?label ?name "
-        "FILTER(?c = ?name || STR(?name) = ?wanted || STR(?c) = ?wanted) }",
-        substitutions={"inc": ox.NamedNode(PG.inCampaign), "label": ox.NamedNode(RDFS.label),
-                       "wanted": ox.Literal(campaign)},
-        union_default_graph=False)
+    rows = _select(store,
+                   f"SELECT DISTINCT ?g WHERE {{ GRAPH ?g {{ ?r <{PG.inCampaign}> ?c }} "
+                   f"OPTIONAL {{ GRAPH ?g2 {{ ?c <{RDFS.label}> ?name }} }} "
+                   "FILTER(STR(?c) = ?wanted || STR(?name) = ?wanted) }", wanted=ox.Literal(campaign))
     graphs = sorted({r["g"].value for r in rows})
     if not graphs:
         raise NotFoundError(f"no campaign {campaign!r} (give its name or IRI)")
@@ -466,4 +460,7 @@ def import_file(store: Store | RemoteStore, path: str | Path, fmt: str | None = 
         raise NotFoundError(f"no such file: {p}") from exc
     except OSError as exc:
         raise ParseError(f"cannot read {p}: {exc}") from exc
-    return import_document(store, data, fmt or guess_format(p), graph=graph)
+    try:
+        return import_document(store, data, fmt or guess_format(p), graph=graph)
+    except ParseError as exc:
+        raise ParseError(f"{p}: {exc}") from exc

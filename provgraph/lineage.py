@@ -134,8 +134,9 @@ class _SparqlExpander:
         t = _term(node)
         if isinstance(t, ox.BlankNode):
             return True
-        r = self.store.query("ASK { { ?n ?p ?o } UNION { ?s ?p ?n } }", substitutions={"n": t})
-        return bool(r)
+        from .queries import with_values
+
+        return bool(self.store.query(with_values("ASK WHERE { { ?n ?p ?o } UNION { ?s ?p ?n } }", {"n": t})))
 
     def _values(self, nodes: list[str]) -> str:
         return " ".join(str(_term(n)) for n in nodes)
