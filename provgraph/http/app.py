@@ -359,12 +359,12 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
     async def run_named(request: Request) -> Response:
         named = query_lib.load_query(request.path_params["name"])
         params = {k: v for k, v in request.query_params.items() if k not in ("format", "output")}
-        subs = query_lib.bind(named, params)
+        query_lib.bind(named, params)  # unknown / missing / ill-typed parameters: 400 before any work
         override = request.query_params.get("format") or request.query_params.get("output")
         choose = chooser(request, override)
 
         def work(cancel: threading.Event) -> Answer:
-            return runner.answer(backend.query(named.sparql, substitutions=subs), choose, cancel)
+            return runner.answer(query_lib.run(backend, named, params), choose, cancel)
         return respond(await runner.run(work))
 
     # -- operations ------------------------------------------------------------------

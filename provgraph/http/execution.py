@@ -106,6 +106,11 @@ class QueryRunner:
                 self.busy += 1
             try:
                 return work(cancel)
+            except BaseException as exc:
+                # pyoxigraph results may only be dropped on the thread that made them: the
+                # tracebacks' frames hold them, so they go here, not on the event loop
+                _drop_tracebacks(exc)
+                raise exc from exc.__cause__
             finally:
                 with self._lock:
                     self.busy -= 1
@@ -203,6 +208,15 @@ def _prefix_kw(fmt: ox.RdfFormat) -> dict[str, Any]:
     if fmt in (ox.RdfFormat.TURTLE, ox.RdfFormat.TRIG):
         return {"prefixes": _PREFIXES}
     return {}
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        cur.__traceback__ = None
+        cur = cur.__cause__ or cur.__context__
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
