@@ -15,8 +15,12 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from . import settings_from_args
+
+if TYPE_CHECKING:
+    from ..adapters.logs import LogFileObserver
 
 __all__ = ["register"]
 
@@ -39,7 +43,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("file", metavar="FILE", help="the log file (it may not exist yet)")
     g.add_argument("--patterns", required=True, metavar="CONFIG", help="TOML pattern file (docs/adapters/logs.md)")
     g.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between reads (0.5)")
-    g.add_argument("--once", action="store_true", help="read what is there now and exit")
+    g.add_argument("--once", action="store_true", help="read the complete lines there now and exit")
+    g.add_argument("--program-exited", action="store_true",
+                   help="with --once: the program has ended, so record the task still open (failed if "
+                        "the patterns define an end line that never came)")
     g.set_defaults(func=run_log)
 
 
@@ -75,6 +82,13 @@ def run_mlflow(args: argparse.Namespace) -> int:
         observer.close()
 
 
+def _log_summary(observer: LogFileObserver) -> str:
+    s = observer.interpreter.stats
+    still = " (1 task still open)" if observer.interpreter.open is not None else ""
+    return (f"{s['tasks']} tasks recorded, {s['matched']} lines matched, {s['unmatched']} unmatched, "
+            f"{s['orphaned']} outside any task{still}")
+
+
 def run_log(args: argparse.Namespace) -> int:
     from ..adapters.logs import LogFileObserver, load_patterns
 
@@ -83,12 +97,15 @@ def run_log(args: argparse.Namespace) -> int:
                                poll_interval=args.interval)
     try:
         if args.once:
-            n = observer.poll_once(final=True)
-            print(f"read {n} lines of {args.file}")
+            n = observer.poll_once()
+            if args.program_exited:
+                observer.end_open_task()
+            print(f"read {n} lines of {args.file}: {_log_summary(observer)}")
             return 0
         stop = _stop_on_signals()
         print(f"following {args.file} (Ctrl-C to stop)", file=sys.stderr)
         observer.run_forever(stop)
+        print(f"stopped following {args.file}: {_log_summary(observer)}", file=sys.stderr)
         return 0
     finally:
         observer.close()
