@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.log_file.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=args.log_file, level=logging.INFO,
                         format="%(asctime)s %(levelname)s microscope: %(message)s")
     acquire(args.out, args.frames, args.size, args.exposure_ms, args.magnification, args.seed,
