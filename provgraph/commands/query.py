@@ -99,8 +99,9 @@ def write_result(result: Any, fmt: str, out: Any, *, limit: int | None = None) -
     true/false, graphs as N-Triples."""
     import pyoxigraph as ox
 
-    if isinstance(result, bool):
-        print(json.dumps({"boolean": result}) if fmt == "json" else str(result).lower(), file=out)
+    if isinstance(result, (bool, ox.QueryBoolean)):
+        answer = bool(result)
+        print(json.dumps({"boolean": answer}) if fmt == "json" else str(answer).lower(), file=out)
         return
     if isinstance(result, ox.QuerySolutions):
         names = [v.value for v in result.variables]
