@@ -5,7 +5,10 @@
   to the server's ``max_payload``, duplicate window :data:`DUPLICATE_WINDOW` (2 min)
   during which a re-sent ``Nats-Msg-Id`` is dropped by the server;
 * durable pull consumer ``settings.nats_consumer`` (default ``provgraph-integrator``):
-  explicit acks, ack wait :data:`ACK_WAIT`, several integrators may share it;
+  explicit acks, ack wait :data:`ACK_WAIT`, unlimited deliveries (:data:`MAX_DELIVER`:
+  a message that cannot be parsed is dead-lettered, so only a store outage makes a
+  message come back, and it must keep coming back until the store is up again);
+  several integrators may share it (each fetch goes to one of them);
 * dead letters: stream ``<stream>_DLQ`` on ``provgraph-dlq.>``; a message that cannot
   be parsed is re-published there on ``provgraph-dlq.<rest of its subject>`` with the
   reason in the ``Provgraph-Error`` header, then acked.
@@ -33,7 +36,12 @@ __all__ = [
     "ACK_WAIT",
     "DLQ_PREFIX",
     "DUPLICATE_WINDOW",
+    "HDR_ERROR",
+    "HDR_GRAPH",
+    "HDR_SUBJECT",
     "MAX_AGE",
+    "MAX_DELIVER",
+    "MAX_MSG_SIZE",
     "SUBJECT_PREFIX",
     "connect",
     "connect_options",
@@ -49,6 +57,16 @@ DLQ_PREFIX = "provgraph-dlq"
 MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
 ACK_WAIT = 60.0
+MAX_DELIVER = -1
+#: largest message the stream accepts (the server's ``max_payload``, 1 MiB by default, is
+#: usually the tighter bound; publishers split batches to fit it)
+MAX_MSG_SIZE = 8 * 1024 * 1024
+#: header of a dead letter: why the integrator refused the message
+HDR_ERROR = "Provgraph-Error"
+#: header of a dead letter: the subject the message was first published on
+HDR_SUBJECT = "Provgraph-Subject"
+#: optional header: the named graph for triples of a default-graph format
+HDR_GRAPH = "Provgraph-Graph"
 #: a run token for batches that belong to no single workflow run
 NO_RUN = "_"
 
@@ -119,7 +137,7 @@ def connect_options(settings: Settings, *, url: str | None = None) -> dict[str, 
 
 def _explain(url: str, exc: BaseException) -> TransportError:
     text = str(exc) or type(exc).__name__
-    if "authorization" in text.lower() or "auth" in type(exc).__name__.lower():
+    if _is_auth(exc):
         return TransportError(f"NATS at {url} rejected the credentials ({text}); check "
                               "PROVGRAPH_NATS_USER/PASSWORD/TOKEN/NKEY_SEED/CREDS")
     return TransportError(f"cannot connect to NATS at {url}: {text}")
@@ -146,12 +164,22 @@ async def connect(settings: Settings, *, url: str | None = None, **extra: Any) -
         if user_cb is not None:
             await user_cb(exc)
 
+    reconnects = opts.get("max_reconnect_attempts", -1)
+    # nats-py retries the *first* connection forever when max_reconnect_attempts < 0:
+    # try each server twice, then give up with a clear error; reconnect forever after.
+    opts["max_reconnect_attempts"] = 1
     try:
         client: Client = await nats.connect(error_cb=error_cb, **opts)  # type: ignore[attr-defined]
     except Exception as exc:
-        cause = next((e for e in errors if "authorization" in str(e).lower()), exc)
+        cause = next((e for e in errors if _is_auth(e)), errors[-1] if errors else exc)
         raise _explain(", ".join(opts["servers"]), cause) from exc
+    client.options["max_reconnect_attempts"] = reconnects
     return client
+
+
+def _is_auth(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "authorization" in text or "authentication" in text
 
 
 def _stream_config(settings: Settings) -> Any:
@@ -160,7 +188,7 @@ def _stream_config(settings: Settings) -> Any:
     return StreamConfig(
         name=settings.nats_stream, subjects=["provgraph.>"], storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD, max_age=MAX_AGE,
-        duplicate_window=DUPLICATE_WINDOW, description="provgraph PROV batches",
+        duplicate_window=DUPLICATE_WINDOW, max_msg_size=MAX_MSG_SIZE, description="provgraph PROV batches",
     )
 
 
@@ -200,5 +228,5 @@ async def ensure_layout(js: JetStreamContext, settings: Settings, *, consumer: b
 
         cfg = ConsumerConfig(durable_name=settings.nats_consumer, ack_policy=AckPolicy.EXPLICIT,
                              deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT, max_ack_pending=100_000,
-                             max_deliver=-1, filter_subject="provgraph.>")
+                             max_deliver=MAX_DELIVER, filter_subject="provgraph.>")
         await js.add_consumer(settings.nats_stream, cfg)

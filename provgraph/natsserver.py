@@ -9,6 +9,8 @@ looked up next to the running interpreter, then on ``PATH``. The server binds
 from __future__ import annotations
 
 import atexit
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -19,7 +21,11 @@ from pathlib import Path
 
 from .errors import MissingDependencyError, TransportError
 
-__all__ = ["NatsServer", "find_nats_server", "free_port"]
+__all__ = ["SERVE_FILE", "NatsServer", "find_nats_server", "free_port", "port_free", "read_serve_info",
+           "serve_nats_url", "write_serve_info"]
+
+#: file in the data directory where a running ``provgraph serve`` says where it is
+SERVE_FILE = "serve.json"
 
 
 def free_port() -> int:
@@ -27,6 +33,78 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:``port`` and it can be bound."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_serve_info(data_dir: str | os.PathLike[str], info: dict[str, object]) -> Path:
+    """Write ``data_dir/serve.json`` atomically (``nats_url``, ``http_url``, ``pid``...)."""
+    path = Path(data_dir) / SERVE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_serve_info(data_dir: str | os.PathLike[str], *, live_only: bool = True) -> dict[str, object] | None:
+    """What a ``provgraph serve`` on this data directory wrote; None when there is none,
+    or (``live_only``) when its process is gone."""
+    path = Path(data_dir) / SERVE_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    if live_only:
+        pid = info.get("pid")
+        if not isinstance(pid, int) or not _pid_alive(pid):
+            return None
+    return info
+
+
+def serve_nats_url(data_dir: str | os.PathLike[str]) -> str | None:
+    """The NATS URL of a live ``provgraph serve`` on ``data_dir`` whose server answers, or None."""
+    info = read_serve_info(data_dir)
+    if info is None:
+        return None
+    url = info.get("nats_url")
+    if not isinstance(url, str) or not url:
+        return None
+    host, _, port = url.rpartition("://")[2].rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+            return url
+    except (OSError, ValueError):
+        return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM the server when the process that started it dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def find_nats_server() -> str:
@@ -45,12 +123,14 @@ class NatsServer:
 
     ``user``/``password`` or ``token`` make the server require them (used to test that
     wrong credentials fail clearly). ``start()`` waits until the server accepts clients.
+    ``die_with_parent`` (Linux) stops the server when this process dies, even by SIGKILL.
     """
 
     def __init__(self, store_dir: str | os.PathLike[str], *, port: int | None = None,
                  user: str | None = None, password: str | None = None, token: str | None = None,
-                 max_payload: int | None = None) -> None:
+                 max_payload: int | None = None, die_with_parent: bool = False) -> None:
         self.store_dir = Path(store_dir)
+        self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self.port = port or free_port()
         self.user = user
         self.password = password
@@ -93,7 +173,8 @@ class NatsServer:
         log = open(self._log, "ab")
         try:
             self.proc = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent if self.die_with_parent else None)
         finally:
             log.close()
         atexit.register(self.stop)

@@ -71,6 +71,13 @@ REGISTRY: dict[str, Callable[[Settings], Transport]] = {
 
 def create_transport(settings: Settings) -> Transport:
     name = settings.resolved_transport()
+    if settings.transport == "auto" and not settings.nats_url:
+        # a live `provgraph serve` on this data dir says where its NATS server is
+        from ..natsserver import serve_nats_url
+
+        url = serve_nats_url(settings.data_dir)
+        if url:
+            settings, name = settings.model_copy(update={"nats_url": url}), "nats"
     factory = REGISTRY.get(name)
     if factory is None:
         for ep in entry_points(group="provgraph.transports"):
