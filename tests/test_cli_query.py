@@ -178,7 +178,7 @@ def test_lineage_path_and_errors(recorded: dict[str, Any], tmp_path: Path,
     unknown = tmp_path / "never-recorded.bin"
     unknown.write_bytes(b"nothing captured this")
     code, _, err = cli(capsys, "lineage", str(unknown))
-    assert code == 3 and "is not in the store" in err
+    assert code == 3 and "is not in the store" in err and f"{unknown} is {iri_of(unknown)}" in err
     code, _, err = cli(capsys, "lineage", "no/such/file.txt")
     assert code == 3 and "no such file" in err
     code, _, err = cli(capsys, "lineage", "urn:provgraph:nothing")

@@ -59,7 +59,7 @@ def resolve_node(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import QueryError
+    from ..errors import NotFoundError, QueryError
     from ..lineage import AGENT_RELATIONS, DEFAULT_RELATIONS, lineage, path
 
     if args.path and args.node:
@@ -67,16 +67,25 @@ def run(args: argparse.Namespace) -> int:
     if not args.path and not args.node:
         raise QueryError("give a NODE (IRI or file) or --path A B")
     store = open_store(args)
+    names: dict[str, str] = {}
     try:
         if args.path:
             a, b = (resolve_node(x) for x in args.path)
+            names = {a: args.path[0], b: args.path[1]}
             answer = path(store, a, b)
             _print_path(answer, args.format)
             return 0 if answer["found"] else 1
         node = resolve_node(args.node)
+        names = {node: args.node}
         relations = [*DEFAULT_RELATIONS, *AGENT_RELATIONS] if args.agents else None
         answer = lineage(store, node, args.direction, depth=args.depth, as_of=args.as_of,
                          relations=relations, max_nodes=args.max_nodes or None)
+    except NotFoundError as exc:
+        files = [f"{given} is {iri}" for iri, given in names.items() if given != iri and iri in str(exc)]
+        if files:  # say which file: its content was never recorded
+            raise NotFoundError(f"{exc} ({'; '.join(files)}: no recorded task used or generated these bytes)") \
+                from exc
+        raise
     finally:
         store.close()
     _print_lineage(answer, args.format)
