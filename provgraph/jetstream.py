@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import ssl
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from .errors import TransportError, require
 
@@ -77,7 +77,7 @@ def run_token(run_id: str) -> str:
     """A workflow-run id as one subject token (percent-encoding '.', '*', '>', space...)."""
     if not run_id:
         return NO_RUN
-    return _UNSAFE.sub(lambda m: quote(m.group(0), safe=""), run_id)
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group(0).encode("utf-8")), run_id)
 
 
 def subject_for(facility: str, run_id: str | None) -> str:

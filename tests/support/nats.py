@@ -106,3 +106,48 @@ def stream_state(url: str, stream: str) -> Any:
             await nc.close()
 
     return asyncio.run(main())
+
+
+@contextmanager
+def running_integrator(settings: Any, store: Any, **kwargs: Any) -> Iterator[Any]:
+    """A real :class:`~provgraph.integrator.Integrator` on its own event-loop thread."""
+    import threading
+
+    from provgraph.integrator import Integrator
+
+    integrator = Integrator(settings, store, **kwargs)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def main() -> None:
+        async def go() -> None:
+            try:
+                await integrator.run(stop)
+            except BaseException as exc:  # noqa: BLE001 - reported by the fixture
+                errors.append(exc)
+
+        loop.run_until_complete(go())
+
+    thread = threading.Thread(target=main, name="test-integrator", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: integrator.connected.is_set() or bool(errors), 30, "the integrator to connect")
+        if errors:
+            raise errors[0]
+        integrator.thread = thread
+        integrator.errors = errors
+        yield integrator
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+        loop.close()
+    if errors:
+        raise errors[0]
+
+
+def sparql_count(store: Any, query: str) -> int:
+    """The single ``?n`` of a COUNT query."""
+    for row in store.query(query):
+        return int(row["n"].value)
+    return 0

@@ -1,0 +1,270 @@
+"""The NATS pipeline end to end with a real nats-server: transport, integrator, serve, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pyoxigraph as ox
+import pytest
+
+import provgraph
+from provgraph.errors import TransportError
+from provgraph.jetstream import HDR_ERROR, HDR_SUBJECT, subject_for
+from provgraph.metrics import parse as parse_metrics
+from provgraph.natsserver import NatsServer
+from provgraph.settings import load_settings
+from provgraph.store import Store
+from provgraph.transports.base import TRIG, Batch
+from provgraph.transports.nats import NatsTransport, split_batch
+from tests.support.nats import (
+    env_for,
+    nats_server,  # noqa: F401 - fixture
+    read_stream,
+    running_integrator,
+    serve_process,
+    sparql_count,
+    wait_for,
+)
+
+PROV = "http://www.w3.org/ns/prov#"
+PG = "https://w3id.org/provgraph/ns#"
+
+
+def _memory_batches(n: int, batch_size: int = 2000) -> list[Batch]:
+    """Real emitter batches (TriG) of ``n`` tasks with content-hashed inputs and outputs."""
+    memory = provgraph.MemoryTransport()
+    provgraph.configure(transport=memory, batch_size=batch_size, queue_size=max(batch_size, n * 2), flush_interval=60)
+
+    @provgraph.task
+    def step(data: bytes, i: int) -> bytes:
+        return data[::-1] + b"!"
+
+    with provgraph.workflow("split", run_id="split-run"):
+        for i in range(n):
+            step(b"payload-%06d-" % i + b"x" * 40, i)
+    assert provgraph.flush(60)
+    provgraph.shutdown(10)
+    return list(memory.batches)
+
+
+def test_split_batch_parts_are_valid_and_lossless() -> None:
+    batches = _memory_batches(300)
+    batch = max(batches, key=lambda b: len(b.data))
+    assert batch.content_type == TRIG and len(batch.data) > 20_000
+    parts = split_batch(batch, 4096, "urn:provgraph:local/graph/")
+    assert len(parts) > 5
+    assert all(len(p.data) <= 4096 for p in parts)
+    assert [p.msg_id for p in parts] == [f"{batch.batch_id}.{i + 1}" for i in range(len(parts))]
+    whole = set(ox.parse(batch.data, format=ox.RdfFormat.TRIG))
+    union: set[ox.Quad] = set()
+    for p in parts:
+        quads = set(ox.parse(p.data, format=ox.RdfFormat.TRIG))  # each part parses on its own
+        assert p.triples == len(quads)
+        union |= quads
+    assert union == whole
+    assert {p.run for p in parts} == {"split-run"}
+    # a batch that fits is one message with the batch's own ID
+    small = split_batch(batch, len(batch.data) + 1, "urn:provgraph:local/graph/")
+    assert len(small) == 1 and small[0].msg_id == batch.batch_id and small[0].data is batch.data
+    with pytest.raises(ValueError, match="single statement"):
+        split_batch(Batch(b"<urn:a> <urn:b> \"" + b"x" * 200 + b"\" .\n", 1), 100)
+
+
+def test_subject_tokens_are_sanitized() -> None:
+    assert subject_for("hpc", "run.1 *>x") == "provgraph.v1.hpc.run%2E1%20%2A%3Ex"
+    assert subject_for("hpc", None) == "provgraph.v1.hpc._"
+
+
+_WORKFLOW = textwrap.dedent("""
+    import sys, provgraph
+
+    @provgraph.task
+    def step(data: bytes, i: int) -> bytes:
+        return data[::-1] + b"!"
+
+    n = int(sys.argv[1])
+    with provgraph.workflow("tenk", run_id=sys.argv[2]):
+        for i in range(n):
+            step(b"input-%06d-" % i + b"x" * 40, i)
+    em = provgraph.get_emitter()
+    ok = provgraph.flush(120)
+    print(em.transport.name, ok, em.stats()["dropped"], flush=True)
+""")
+
+
+def _tasks_of_run(store: Store, run: str) -> int:
+    return sparql_count(store, f"""SELECT (COUNT(DISTINCT ?t) AS ?n) WHERE {{
+        ?t a <{PG}Task> ; <{PG}inWorkflowRun> ?r . ?r <http://purl.org/dc/terms/identifier> "{run}" }}""")
+
+
+def test_ten_thousand_tasks_from_another_process(tmp_path: Path, nats_server: NatsServer) -> None:  # noqa: F811
+    """10,000 decorated tasks in a subprocess → exactly 10,000 activities, each with its
+    used and generated entities, through `provgraph serve` consuming the stream."""
+    script = tmp_path / "wf.py"
+    script.write_text(_WORKFLOW)
+    data = tmp_path / "serve-data"
+    run = "tenk-1"
+    with serve_process(data, nats_server.url) as serve:
+        wait_for(lambda: (data / "serve.json").exists(), 60, "serve.json")
+        info = json.loads((data / "serve.json").read_text())
+        assert info["nats_url"] == nats_server.url and info["pid"] == serve.pid
+        out = subprocess.run([sys.executable, str(script), "10000", run], capture_output=True, timeout=180,
+                             env=env_for(tmp_path / "emitter-data", nats_server.url))
+        assert out.returncode == 0, out.stderr.decode()[-3000:]
+        assert out.stdout.decode().split() == ["nats", "True", "0"]
+
+        def committed() -> dict[str, float]:
+            with urllib.request.urlopen(f"{info['http_url']}/metrics", timeout=5) as resp:
+                return parse_metrics(resp.read().decode())
+
+        wait_for(lambda: committed()["provgraph_integrator_consumer_lag_messages"] == 0
+                 and committed()["provgraph_integrator_committed_batches_total"] > 0
+                 and committed()["provgraph_integrator_received_messages_total"]
+                 == committed()["provgraph_integrator_committed_batches_total"], 120, "the integrator to catch up")
+        metrics = committed()
+        assert metrics["provgraph_integrator_dead_lettered_messages_total"] == 0
+        serve.terminate()
+        assert serve.wait(30) == 0
+    assert not (data / "serve.json").exists()
+    store = Store(data / "store", read_only=True)
+    assert _tasks_of_run(store, run) == 10_000
+    # every task used one data artifact (its input) and generated one (its output)
+    per_task = f"""SELECT (COUNT(DISTINCT ?t) AS ?n) WHERE {{
+        ?t a <{PG}Task> ; <{PROV}used> ?in . ?in a <{PG}DataArtifact> .
+        ?out <{PROV}wasGeneratedBy> ?t . ?out a <{PG}DataArtifact> }}"""
+    assert sparql_count(store, per_task) == 10_000
+    assert sparql_count(store, f"SELECT (COUNT(DISTINCT ?e) AS ?n) WHERE {{ ?e a <{PG}DataArtifact> }}") == 20_000
+    assert metrics["provgraph_integrator_committed_triples_total"] >= len(store)
+
+
+def test_garbage_truncated_and_bad_prov_are_dead_lettered(tmp_path: Path,
+                                                          nats_server: NatsServer) -> None:  # noqa: F811
+    settings = load_settings(nats_url=nats_server.url, data_dir=tmp_path / "d")
+    store = Store()
+    good_trig = (b"@prefix prov: <http://www.w3.org/ns/prov#> .\n"
+                 b"<urn:g:1> { <urn:a:1> a prov:Activity . }\n")
+    nquads = b"".join(b"<urn:e:%d> <http://www.w3.org/ns/prov#wasGeneratedBy> <urn:a:1> <urn:g:2> .\n" % i
+                      for i in range(20))
+    good_prov = json.dumps({"prefix": {"ex": "urn:ex:"}, "activity": {"ex:act": {}},
+                            "entity": {"ex:out": {}},
+                            "wasGeneratedBy": {"_:g1": {"prov:entity": "ex:out", "prov:activity": "ex:act"}}})
+    bad_prov = json.dumps({"prefix": {"ex": "urn:ex:"}, "entity": ["not", "a", "dict"],
+                           "wasGeneratedBy": {"_:g1": {"prov:entity": 7}}})
+    ntriples = b"<urn:a:2> <http://www.w3.org/1999/02/22-rdf-syntax-ns#type> <http://www.w3.org/ns/prov#Activity> .\n"
+    subject = subject_for("lab", "run-7")
+    garbage = b"\x00\xffthis is not RDF {{{"
+    truncated_body = nquads[: len(nquads) // 2 + 7]
+    unknown = b"<urn:x> <urn:y> <urn:z> .\n"
+    messages = [
+        (good_trig, "application/trig", "good-1"),
+        (garbage, "application/trig", "garbage"),
+        (truncated_body, "application/n-quads", "truncated"),
+        (bad_prov.encode(), "application/prov+json", "bad-prov"),
+        (unknown, "application/x-unknown", "unknown-type"),
+        (ntriples, "application/n-triples", "good-2"),
+        (good_prov.encode(), "application/prov+json", "good-3"),
+    ]
+
+    async def publish() -> None:
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        for body, ctype, msg_id in messages:
+            ack = await js.publish(subject, body, headers={"Content-Type": ctype, "Nats-Msg-Id": msg_id})
+            assert ack.stream == settings.nats_stream
+        await nc.close()
+
+    with running_integrator(settings, store) as integrator:
+        asyncio.run(publish())
+        wait_for(lambda: integrator.metrics.counters["committed_batches"] == 3
+                 and integrator.metrics.counters["dead_lettered_messages"] == 4, 30, "all 7 messages handled")
+        assert integrator.thread.is_alive() and not integrator.errors
+        # still consuming after bad input: a later good message is committed too
+        messages[:] = [(b"<urn:a:3> <urn:p> <urn:o> .\n", "application/n-triples", "good-4")]
+        asyncio.run(publish())
+        wait_for(lambda: integrator.metrics.counters["committed_batches"] == 4, 30, "the late good message")
+    dlq = read_stream(nats_server.url, f"{settings.nats_stream}_DLQ")
+    assert len(dlq) == 4
+    by_body = {m.data: m for m in dlq}
+    assert "invalid application/trig" in by_body[garbage].headers[HDR_ERROR]
+    truncated = by_body[truncated_body]
+    assert "invalid application/n-quads" in truncated.headers[HDR_ERROR]
+    assert truncated.headers[HDR_SUBJECT] == subject
+    assert truncated.subject == "provgraph-dlq.v1.lab.run-7"
+    assert "prov-json" in by_body[bad_prov.encode()].headers[HDR_ERROR]
+    assert "unsupported Content-Type" in by_body[unknown].headers[HDR_ERROR]
+    assert [m.headers["Content-Type"] for m in dlq] == [
+        "application/trig", "application/n-quads", "application/prov+json", "application/x-unknown"]
+    # the good ones are all in the store, default-graph triples in the run's graph
+    assert ox.Quad(ox.NamedNode("urn:a:1"), ox.NamedNode(RDF_TYPE), ox.NamedNode(PROV + "Activity"),
+                   ox.NamedNode("urn:g:1")) in store.oxigraph
+    assert ox.Quad(ox.NamedNode("urn:a:2"), ox.NamedNode(RDF_TYPE), ox.NamedNode(PROV + "Activity"),
+                   ox.NamedNode("urn:provgraph:lab/graph/run-7")) in store.oxigraph
+    assert sparql_count(store, "SELECT (COUNT(*) AS ?n) WHERE { <urn:ex:out> ?p ?o }") > 0
+    assert not any(q.subject == ox.NamedNode("urn:e:0") for q in store.oxigraph)
+
+
+RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def test_wrong_credentials_fail_fast_and_clearly(tmp_path: Path) -> None:
+    with NatsServer(tmp_path / "authed", user="alice", password="s3cret") as server:
+        settings = load_settings(nats_url=server.url, nats_user="alice", nats_password="wrong",
+                                 data_dir=tmp_path / "d", transport="nats")
+        t0 = time.monotonic()
+        with pytest.raises(TransportError, match="rejected the credentials"):
+            NatsTransport(settings)
+        assert time.monotonic() - t0 < 5
+        data = tmp_path / "serve-data"
+        data.mkdir()
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "provgraph", "serve", "--no-http"], capture_output=True,
+                             timeout=60, env=env_for(data, server.url, PROVGRAPH_NATS_USER="alice",
+                                                     PROVGRAPH_NATS_PASSWORD="wrong"))
+        assert out.returncode == 1
+        assert "rejected the credentials" in out.stderr.decode()
+        assert time.monotonic() - t0 < 20
+        # the right ones work, end to end
+        good = settings.model_copy(update={"nats_password": "s3cret"})
+        store = Store()
+        with running_integrator(good, store) as integrator:
+            transport = NatsTransport(good)
+            transport.publish(Batch(b"<urn:a> <urn:b> <urn:c> <urn:g> .\n", 1))
+            assert transport.flush(10)
+            transport.close(5)
+            wait_for(lambda: integrator.metrics.counters["committed_batches"] == 1, 30, "the batch")
+        assert len(store) == 1
+
+
+def test_status_shows_stream_consumer_and_counters(tmp_path: Path, nats_server: NatsServer) -> None:  # noqa: F811
+    data = tmp_path / "serve-data"
+    with serve_process(data, nats_server.url):
+        wait_for(lambda: (data / "serve.json").exists(), 60, "serve.json")
+        settings = load_settings(data_dir=data)
+        provgraph.configure(settings)  # auto transport: finds the serve's NATS through serve.json
+        assert provgraph.get_emitter().transport.name == "nats"
+
+        @provgraph.task
+        def inc(a: int) -> int:
+            return a + 1
+
+        with provgraph.workflow("status", run_id="st-1"):
+            for i in range(50):
+                inc(i)
+        assert provgraph.flush(30)
+        out = subprocess.run([sys.executable, "-m", "provgraph", "status", "--json"], capture_output=True,
+                             timeout=60, env=env_for(data, None))
+        assert out.returncode == 0, out.stderr.decode()
+        status = json.loads(out.stdout)
+        assert status["serve"]["nats_url"] == nats_server.url
+        assert status["stream"]["messages"] >= 1
+        assert status["consumer"]["name"] == "provgraph-integrator"
+        assert "committed_batches" in status["integrator"]
