@@ -128,7 +128,10 @@ def _graphs_of_campaign(store: Store | RemoteStore, campaign: str) -> list[str]:
 def _quads_of_graphs(store: Store | RemoteStore, graphs: list[str]) -> list[ox.Quad]:
     quads: list[ox.Quad] = []
     for g in graphs:
-        quads.extend(store.quads(g))
+        name = ox.NamedNode(g)
+        # a Graph Store Protocol GET returns the graph's triples without its name: put it back
+        quads.extend(q if q.graph_name == name else ox.Quad(q.subject, q.predicate, q.object, name)
+                     for q in store.quads(g))
     return quads
 
 
@@ -150,14 +153,17 @@ def _quads_about(store: Store | RemoteStore, nodes: set[str]) -> list[ox.Quad]:
         for qn in qualifiers:
             out.extend(ox_store.quads_for_pattern(ox.NamedNode(qn), None, None, None))
         return out
-    values = " ".join(str(_node(n)) for n in sorted(nodes))
-    rows = store.query(
-        "SELECT ?s ?p ?o ?g WHERE { VALUES ?root { " + values + " } "
-        "{ GRAPH ?g { ?root ?p ?o } BIND(?root AS ?s) } UNION "
-        "{ GRAPH ?g { ?root ?qp ?s . ?s ?p ?o } FILTER(?qp IN (<" + PROV.qualifiedUsage + ">, <"
-        + PROV.qualifiedGeneration + ">)) } }", union_default_graph=False)
-    for r in rows:
-        out.append(ox.Quad(r["s"], r["p"], r["o"], r["g"]))
+    # a remote store cannot address blank nodes: only IRIs are looked up, 500 a request
+    named = sorted(n for n in nodes if not n.startswith("_:"))
+    for i in range(0, len(named), 500):
+        values = " ".join(str(ox.NamedNode(n)) for n in named[i:i + 500])
+        rows = store.query(
+            "SELECT ?s ?p ?o ?g WHERE { VALUES ?root { " + values + " } "
+            "{ GRAPH ?g { ?root ?p ?o } BIND(?root AS ?s) } UNION "
+            "{ GRAPH ?g { ?root ?qp ?s . ?s ?p ?o } FILTER(?qp IN (<" + PROV.qualifiedUsage + ">, <"
+            + PROV.qualifiedGeneration + ">)) } }", union_default_graph=False)
+        for r in rows:
+            out.append(ox.Quad(r["s"], r["p"], r["o"], r["g"]))
     return out
 
 

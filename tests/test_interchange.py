@@ -378,3 +378,27 @@ def test_export_import_round_trip_keeps_lineage(campaign: dict[str, Any]) -> Non
     a, b = lineage(store, report[0]), lineage(other, report[0])
     assert a["edges"] == b["edges"] and a["nodes"] == b["nodes"]
     assert io.BytesIO(interchange.export(other, "provn")).read().startswith(b"document")
+
+
+def test_exports_from_a_remote_store_equal_the_embedded_ones(campaign: dict[str, Any], tmp_path: Path) -> None:
+    from provgraph.hashing import FileHasher
+    from provgraph.remote import RemoteStore
+    from tests.support.servers import oxigraph_server
+
+    store = campaign["store"]
+    report = FileHasher().hash_path(str(campaign["report"]))
+    assert report is not None
+    scopes: list[dict[str, Any]] = [{}, {"run": campaign["runs"]["hpsearch"]}, {"campaign": provdag.CAMPAIGN},
+                                    {"lineage": report[0]}, {"lineage": report[0], "depth": 3}]
+    with oxigraph_server(tmp_path / "oxi") as url:
+        remote = RemoteStore(url)
+        remote.load(str(campaign["nquads"]), "nquads")
+        for scope in scopes:
+            assert set(interchange.select_quads(remote, **scope)) == set(interchange.select_quads(store, **scope))
+            assert read_prov(interchange.export(remote, "prov-json", **scope)) == \
+                read_prov(interchange.export(store, "prov-json", **scope)), scope
+        before = len(remote)
+        with pytest.raises(ParseError):
+            interchange.import_file(remote, MALFORMED[0])
+        graph = interchange.import_file(remote, PROV_TESTS / "json" / "activity1.json")
+        assert len(remote) > before and graph in remote.named_graphs()
