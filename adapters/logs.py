@@ -76,6 +76,8 @@ ACTIONS = ("start", "step", "end", "fail", "task")
 _CHUNK = 1 << 20
 _FLUSH_EVERY = 1000  # records between intermediate flushes of the file observer
 _CHECKPOINT_VERSION = 1
+_HEAD = 256  # bytes at the start of a file that identify it (truncation and rewrite detection)
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 # -- pattern files ------------------------------------------------------------------------
@@ -422,6 +424,13 @@ class LogInterpreter:
         )
 
 
+def _age_rank(name: str) -> int:
+    """Among rotated files written in the same clock tick, ``NAME.3`` is older than
+    ``NAME.1`` (logging.handlers.RotatingFileHandler, logrotate); other names sort by name."""
+    suffix = name.rsplit(".", 1)[-1]
+    return -int(suffix) if suffix.isdigit() else 0
+
+
 def _format(template: str, groups: dict[str, str], **extra: str) -> str:
     try:
         return template.format(**{**groups, **extra})
@@ -478,11 +487,15 @@ class LogFileObserver:
         self._run: RunInfo | None = None
         self.interpreter = LogInterpreter(patterns, self._run_for, self._task_id, base_dir=self.path.parent)
         self.interpreter.restore(state.get("open"))
+        self.interpreter.stats.update({k: int(v) for k, v in dict(state.get("stats", {})).items()})
         self._cp_inode: int | None = state.get("inode")
         self._cp_offset: int = int(state.get("offset", 0))
+        self._cp_head: bytes = bytes.fromhex(state.get("head", ""))
+        self._done: list[int] = [int(i) for i in state.get("done", [])]  # rotated files read to their end
         self._fh: BinaryIO | None = None
         self._ino: int | None = None
         self._offset = 0
+        self._head = b""
         self._owns_emitter = emitter is None
         self.emitter = emitter or Emitter(create_transport(self.settings), self.settings)
         self._announced = False
@@ -564,67 +577,116 @@ class LogFileObserver:
             st: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
             st = None
-        n = 0
-        if self._fh is not None and (st is None or st.st_ino != self._ino):
-            n += self._read(to_end=True)  # rotated away: the old file is complete
-            self._fh.close()
-            self._fh = None
-            self.stats["rotations"] += 1
-            if st is None:
-                return n
-            self._open(st.st_ino, 0)
-        elif self._fh is None:
-            if st is None:
-                return n
-            n += self._resume(st)
-        else:
-            size = os.fstat(self._fh.fileno()).st_size
-            if size < self._offset:  # truncated (copytruncate, or the program restarted)
-                self.stats["truncations"] += 1
-                log.info("provgraph log observer: %s was truncated; reading it from the start", self.path)
-                self._offset = 0
-        return n + self._read(to_end=False)
+        if self._fh is None:
+            return 0 if st is None else self._resume(st)
+        if st is None or st.st_ino != self._ino:  # rotated away: finish the old file, then the newer ones
+            assert self._ino is not None
+            n = self._catch_up(self._ino, None, st)
+            return n if st is None else n + self._read(to_end=False)
+        if self._rewritten(self._fh, self._offset, self._head):
+            self.stats["truncations"] += 1
+            log.info("provgraph log observer: %s was truncated or rewritten; reading it from the start", self.path)
+            self._offset, self._head = 0, b""
+        return self._read(to_end=False)
 
     def _resume(self, st: os.stat_result) -> int:
         """First open in this process: continue where the checkpoint left off."""
-        n = 0
         if self._cp_inode is not None and self._cp_inode != st.st_ino:
-            rotated = self._find_inode(self._cp_inode)
-            if rotated is None:
+            return self._catch_up(self._cp_inode, self._cp_offset, st) + self._read(to_end=False)
+        self._open(st.st_ino, 0)
+        assert self._fh is not None
+        if self._cp_inode == st.st_ino:
+            if self._rewritten(self._fh, self._cp_offset, self._cp_head):
+                self.stats["truncations"] += 1
+            else:
+                self._offset, self._head = self._cp_offset, self._cp_head
+        return self._read(to_end=False)
+
+    def _catch_up(self, old_ino: int, offset: int | None, st: os.stat_result | None) -> int:
+        """The file at ``old_ino`` was rotated away: read it to its end (from ``offset``,
+        or from where this process was), then every file rotated after it (``NAME.*``,
+        oldest first), then open the new file at ``st``."""
+        n = 0
+        if offset is None:  # this process was following it: the handle still reads it
+            assert self._fh is not None
+            old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns
+        else:
+            found = self._sibling(old_ino)
+            if found is None:
                 self.stats["missed_rotations"] += 1
                 log.warning("provgraph log observer: %s was rotated while the observer was stopped and the old "
                             "file (inode %d) is not next to it; its lines after byte %d are not recorded",
-                            self.path, self._cp_inode, self._cp_offset)
+                            self.path, old_ino, offset)
+                old_mtime = None
             else:
-                self._open(self._cp_inode, self._cp_offset, rotated)
-                n += self._read(to_end=True)
-                assert self._fh is not None
-                self._fh.close()
-                self._fh = None
-                self.stats["rotations"] += 1
-            self._open(st.st_ino, 0)
-        elif self._cp_inode == st.st_ino and self._cp_offset <= st.st_size:
-            self._open(st.st_ino, self._cp_offset)
-        else:
-            if self._cp_inode is not None:
-                self.stats["truncations"] += 1
+                self._open(old_ino, offset, found)
+                old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns  # type: ignore[union-attr]
+                if self._rewritten(self._fh, offset, self._cp_head):  # type: ignore[arg-type]
+                    self._offset, self._head = 0, b""
+                else:
+                    self._head = self._cp_head
+        if self._fh is not None:
+            n += self._finish_file()
+        if old_mtime is not None:
+            current = None if st is None else st.st_ino
+            for path, ino in self._rotated_after(old_mtime, {old_ino, current}):
+                self._open(ino, 0, path)
+                n += self._finish_file()
+        if st is not None:
             self._open(st.st_ino, 0)
         return n
 
-    def _find_inode(self, ino: int) -> Path | None:
+    def _finish_file(self) -> int:
+        assert self._fh is not None and self._ino is not None
+        n = self._read(to_end=True)
+        self._fh.close()
+        self._fh = None
+        self.stats["rotations"] += 1
+        self._done = [*self._done[-15:], self._ino]
+        return n
+
+    def _sibling(self, ino: int) -> Path | None:
+        for path, other, _ in self._siblings():
+            if other == ino:
+                return path
+        return None
+
+    def _siblings(self) -> list[tuple[Path, int, int]]:
+        """``(path, inode, mtime_ns)`` of the rotated files next to the log (``NAME.*``,
+        ``NAME-*``; compressed ones are skipped)."""
+        out = []
         try:
             for entry in os.scandir(self.path.parent):
-                if entry.name.startswith(self.path.name) and entry.inode() == ino and entry.is_file():
-                    return Path(entry.path)
+                name = entry.name
+                if (name != self.path.name and name.startswith(self.path.name)
+                        and name[len(self.path.name)] in ".-_" and not name.endswith(_COMPRESSED)
+                        and entry.is_file()):
+                    out.append((Path(entry.path), entry.inode(), entry.stat().st_mtime_ns))
         except OSError:
-            return None
-        return None
+            return []
+        return out
+
+    def _rotated_after(self, mtime_ns: int, exclude: set[int | None]) -> list[tuple[Path, int]]:
+        found = [(m, _age_rank(p.name), p.name, p, i) for p, i, m in self._siblings()
+                 if m >= mtime_ns and i not in exclude and i not in self._done]
+        return [(p, i) for _, _, _, p, i in sorted(found)]
+
+    @staticmethod
+    def _rewritten(fh: BinaryIO, offset: int, head: bytes) -> bool:
+        """True when the file is shorter than ``offset`` or no longer starts with ``head``
+        (truncated, or truncated and written past the old offset before this poll)."""
+        if os.fstat(fh.fileno()).st_size < offset:
+            return True
+        if not head:
+            return False
+        fh.seek(0)
+        return fh.read(len(head)) != head
 
     def _open(self, ino: int, offset: int, path: Path | None = None) -> None:
         fh = open(path or self.path, "rb")  # kept open while following
         if os.fstat(fh.fileno()).st_ino != ino:  # replaced between stat and open: start over
             ino, offset = os.fstat(fh.fileno()).st_ino, 0
-        self._fh, self._ino, self._offset = fh, ino, offset
+        self._fh, self._ino, self._offset, self._head = fh, ino, offset, b""
 
     def _read(self, *, to_end: bool) -> int:
         """Interpret the complete lines after ``_offset`` (and a last partial line when
@@ -654,6 +716,8 @@ class LogFileObserver:
             self._line(rest, self._offset)
             self._offset += len(rest)
             n += 1
+        if len(self._head) < min(_HEAD, self._offset):  # remember how the file starts
+            self._head = os.pread(fh.fileno(), min(_HEAD, self._offset), 0)
         return n
 
     def _line(self, raw: bytes, offset: int) -> None:
@@ -679,12 +743,14 @@ class LogFileObserver:
                                  "workflow": self.patterns.workflow,
                  "inode": self._ino if self._fh is not None else self._cp_inode,
                  "offset": self._offset if self._fh is not None else self._cp_offset,
+                 "head": (self._head if self._fh is not None else self._cp_head).hex(), "done": self._done,
                  "run": self._run_state, "open": self.interpreter.state(),
                  "stats": self.interpreter.stats}
         if state != self._saved:
             self.checkpoint.save(state)
             self._saved = state
             self._cp_inode, self._cp_offset = state["inode"], state["offset"]
+            self._cp_head = bytes.fromhex(state["head"])
 
 
 # -- in-process handler -------------------------------------------------------------------
