@@ -330,7 +330,7 @@ class Client:
                 if name not in ("used", "generated"):
                     taskquery.check_field(name)
         order = [r["t"] for r in self._rows(self.store.query(taskquery.select_query(filter, sort, limit)))]
-        docs: dict[str, dict[str, Any]] = {t: {"id": t} for t in order}
+        docs: dict[str, dict[str, Any]] = {t: {"id": t, "used": {}, "generated": {}} for t in order}
         for i in range(0, len(order), 200):
             for row in self._rows(self.store.query(taskquery.documents_query(order[i:i + 200]))):
                 doc = docs[row["t"]]

@@ -244,6 +244,10 @@ class _Compiler:
                 flags = spec.get("$options", "")
                 if not isinstance(operand, str) or not isinstance(flags, str) or not re.fullmatch(r"[imsx]*", flags):
                     raise QueryError(f"$regex on {name!r} needs a string pattern and $options of i, m, s, x")
+                try:
+                    re.compile(operand)
+                except re.error as exc:
+                    raise QueryError(f"invalid $regex on {name!r}: {exc}") from None
                 parts.append(f"COALESCE(REGEX(STR({v}), {literal(operand)}, {literal(flags)}), false)")
             elif op == "$exists":
                 parts.append(f"BOUND({v})" if operand else f"!BOUND({v})")
