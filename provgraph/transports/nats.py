@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
     from ..settings import Settings
 
-__all__ = ["NatsTransport", "Part", "from_settings", "split_batch"]
+__all__ = ["NatsTransport", "Part", "from_settings", "publish_file", "split_batch"]
 
 log = logging.getLogger("provgraph.nats")
 
@@ -324,7 +324,6 @@ class NatsTransport(Transport):
                         self._schedule_replay(1.0)
                         return
                     f.unlink(missing_ok=True)
-                    self.stats.replayed_batches += 1
         finally:
             self._replaying = False
 
@@ -338,11 +337,16 @@ class NatsTransport(Transport):
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 ok = ok and all(t.result() for t in done)
             task = asyncio.ensure_future(self._send_batch(jb.to_batch()))
+            task.add_done_callback(self._count_replayed)
             pending.add(task)
         if pending:
             done, _ = await asyncio.wait(pending)
             ok = ok and all(t.result() for t in done)
         return ok and not self._closing
+
+    def _count_replayed(self, task: asyncio.Task[bool]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result():
+            self.stats.replayed_batches += 1
 
     # -- sending -------------------------------------------------------------------------
     async def _send_batch(self, batch: Batch) -> bool:
@@ -486,3 +490,43 @@ class NatsTransport(Transport):
 def from_settings(settings: Settings) -> Transport:
     """The ``nats`` transport of :data:`provgraph.transports.REGISTRY`."""
     return NatsTransport(settings)
+
+
+async def publish_file(js: JetStreamContext, settings: Settings, path: str | Path, *, max_payload: int,
+                       window: int = 64) -> tuple[int, int]:
+    """Publish every complete batch of the journal file ``path`` with PubAcks (``window`` at
+    once); returns ``(batches, end offset)``. Raises :class:`TransportError` on the first
+    batch JetStream did not acknowledge (a later run sends the file again; the duplicate
+    window and RDF's set semantics make that harmless)."""
+    from .. import jetstream
+
+    graph_base = f"{settings.iri_base}graph/"
+    pending: list[asyncio.Future[Any]] = []
+    count = 0
+    end = 0
+
+    async def drain() -> None:
+        try:
+            await asyncio.gather(*pending)
+        except Exception as exc:
+            raise TransportError(f"NATS did not acknowledge a batch of {path}: {exc!r}") from exc
+        finally:
+            pending.clear()
+
+    for jb in read_journal(path):
+        batch = jb.to_batch()
+        try:
+            parts = split_batch(batch, max_payload - HEADER_ROOM, graph_base)
+        except ValueError as exc:
+            raise TransportError(f"batch {batch.batch_id} of {path} cannot be sent over NATS ({exc}); "
+                                 "load it with `provgraph replay --to-store`") from exc
+        for p in parts:
+            pending.append(asyncio.ensure_future(js.publish(
+                jetstream.subject_for(settings.facility, p.run), p.data, timeout=settings.publish_timeout,
+                headers={"Content-Type": batch.content_type, "Nats-Msg-Id": p.msg_id})))
+        count += 1
+        end = jb.end_offset
+        if len(pending) >= window:
+            await drain()
+    await drain()
+    return count, end
