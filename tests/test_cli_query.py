@@ -218,6 +218,9 @@ def test_export_import_round_trip(recorded: dict[str, Any], tmp_path: Path,
     code, out, _ = cli(capsys, "export", "--format", "turtle", "--lineage", iri_of(recorded["report"]),
                        "--depth", "2")
     assert code == 0 and "@prefix prov:" in out
+    code, by_file, _ = cli(capsys, "export", "--format", "turtle", "--lineage", str(recorded["report"]),
+                           "--depth", "2")
+    assert code == 0 and by_file == out
     code, _, err = cli(capsys, "export", "--run", "no-such-run")
     assert code == 3 and "no workflow run" in err
 

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--run", metavar="ID", help="one workflow run (identifier or IRI)")
     scope.add_argument("--campaign", metavar="NAME", help="every run of a campaign (name or IRI)")
-    scope.add_argument("--lineage", metavar="IRI", help="the lineage subgraph of a node")
+    scope.add_argument("--lineage", metavar="NODE",
+                       help="the lineage subgraph of a node (an IRI, or a file: its content IRI)")
     scope.add_argument("--graph", metavar="IRI", help="one named graph (e.g. an imported document)")
     p.add_argument("--direction", choices=("upstream", "downstream", "both"), default="upstream",
                    help="lineage direction with --lineage (default: upstream)")
@@ -33,10 +34,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..interchange import export
+    from .lineage import resolve_node
 
+    node = resolve_node(args.lineage) if args.lineage else None
     store = open_store(args)
     try:
-        data = export(store, args.format, run=args.run, campaign=args.campaign, lineage=args.lineage,
+        data = export(store, args.format, run=args.run, campaign=args.campaign, lineage=node,
                       graph=args.graph, direction=args.direction, depth=args.depth)
     finally:
         store.close()
