@@ -34,7 +34,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
-__all__ = ["PROV_CONTENT_TYPES", "RDF_CONTENT_TYPES", "Integrator", "Parsed", "parse_message"]
+__all__ = ["PROV_CONTENT_TYPES", "RDF_CONTENT_TYPES", "Integrator", "Parsed", "commit", "drained", "parse_message",
+           "wait_drained"]
 
 log = logging.getLogger("provgraph.integrator")
 
@@ -332,3 +333,31 @@ class Integrator:
         self.metrics.inc("dead_lettered_messages")
         log.warning("integrator: dead-lettered a message from %s: %s", msg.subject, reason)
         return True
+
+
+async def drained(settings: Settings, url: str | None = None) -> bool:
+    """True when the consumer has nothing pending: every message in the stream was
+    delivered and acked (i.e. committed or dead-lettered)."""
+    nc = await jetstream.connect(settings, url=url)
+    try:
+        info = await nc.jsm().consumer_info(settings.nats_stream, settings.nats_consumer)
+        return int(info.num_pending or 0) == 0 and int(info.num_ack_pending or 0) == 0
+    finally:
+        await nc.close()
+
+
+def wait_drained(info: Mapping[str, Any], timeout: float = 120.0, *, settings: Settings | None = None) -> None:
+    """Block until the integrator of a running ``provgraph serve`` (``info`` = its
+    ``serve.json``) has committed every message published so far; :class:`TransportError`
+    after ``timeout`` seconds."""
+    from .settings import load_settings
+
+    url = str(info.get("nats_url") or "")
+    s = settings or load_settings(nats_url=url or None)
+    deadline = time.monotonic() + timeout
+    while True:
+        if asyncio.run(drained(s, url or None)):
+            return
+        if time.monotonic() > deadline:
+            raise TransportError(f"the integrator did not commit everything within {timeout:.0f}s")
+        time.sleep(0.2)
