@@ -28,7 +28,7 @@ from tests.test_server_protocol import PREFIXES, Campaign, record_campaign
 HEAVY = "SELECT (COUNT(*) AS ?n) WHERE { ?a ?p ?b . ?c ?q ?d . ?e ?r ?f . ?g ?s ?h }"
 
 
-def _busy_store(n: int = 70) -> Store:
+def _busy_store(n: int = 55) -> Store:
     store = Store()
     store.load("".join(f'<urn:x:{i}> <urn:x:p> "{i}" <urn:x:g> .\n' for i in range(n)).encode())
     return store
@@ -43,7 +43,7 @@ def _wait(predicate: Any, timeout: float = 60.0) -> None:
 
 def test_query_over_time_limit_fails_and_server_stays_responsive() -> None:
     store = _busy_store()
-    with start(build_app(store, load_settings(query_timeout=0.3), workers=2)) as srv:
+    with start(build_app(store, load_settings(query_timeout=0.2), workers=2)) as srv:
         url = srv.url + "/sparql"
         health = srv.url + "/healthz"
         heavy: dict[str, httpx.Response] = {}
@@ -54,11 +54,11 @@ def test_query_over_time_limit_fails_and_server_stays_responsive() -> None:
         # the runaway query holds a worker; another query is answered meanwhile
         quick = httpx.get(url, params={"query": "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }"})
         assert quick.status_code == 200
-        assert quick.json()["results"]["bindings"][0]["n"]["value"] == "70"
+        assert quick.json()["results"]["bindings"][0]["n"]["value"] == "55"
         t.join(60)
         r = heavy["r"]
         assert r.status_code == 503
-        assert "0.3 s" in r.text and "query_timeout" in r.text
+        assert "0.2 s" in r.text and "query_timeout" in r.text
         state = httpx.get(health).json()
         assert state["timeouts"] == 1
         _wait(lambda: httpx.get(health).json()["busy_workers"] == 0)  # let the abandoned evaluation end
@@ -66,7 +66,7 @@ def test_query_over_time_limit_fails_and_server_stays_responsive() -> None:
 
 def test_saturated_pool_times_out_queries_but_not_the_server() -> None:
     store = _busy_store()
-    with start(build_app(store, load_settings(query_timeout=0.3), workers=1)) as srv:
+    with start(build_app(store, load_settings(query_timeout=0.2), workers=1)) as srv:
         url = srv.url + "/sparql"
         assert httpx.get(url, params={"query": HEAVY}, timeout=60).status_code == 503
         # the only worker is still busy: a query waits its limit, then gets 503 too

@@ -195,14 +195,15 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
                         override: str | None) -> Response:
         if not text.strip():
             raise QueryError("empty SPARQL query")
-        check_outbound(text, allowlist)
         choose = chooser(request, override)
-        form = query_form(text)
-        if form is not None:  # refuse an unacceptable format before doing any work
-            choose("solutions" if form in ("SELECT", "ASK") else "graph")
         counters["queries"] += 1
 
         def work(cancel: threading.Event) -> Answer:
+            # checks scan the whole text (and may parse it with rdflib): on the pool, under the time limit
+            check_outbound(text, allowlist)
+            form = query_form(text)
+            if form is not None:  # refuse an unacceptable format before evaluating
+                choose("solutions" if form in ("SELECT", "ASK") else "graph")
             return runner.answer(execute(text, default_graphs, named_graphs), choose, cancel)
         return respond(await runner.run(work))
 
@@ -220,10 +221,10 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
             raise _HTTPError(403, "the store behind this endpoint is open read-only")
         if not text.strip():
             raise QueryError("empty SPARQL update")
-        check_outbound(text, allowlist)
         counters["updates"] += 1
 
         def work(cancel: threading.Event) -> None:
+            check_outbound(text, allowlist)
             try:
                 backend.update(text)
             except OSError as exc:

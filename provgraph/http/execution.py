@@ -148,8 +148,8 @@ class QueryRunner:
                 variables = [v.value for v in result.variables]
                 rows: list[dict[str, Any]] = []
                 truncated = False
-                for n, sol in enumerate(result):
-                    if n % 256 == 0 and cancel.is_set():
+                for sol in result:
+                    if cancel.is_set():
                         raise CancelledQueryError()
                     if len(rows) >= self.max_results:
                         truncated = True
@@ -172,8 +172,8 @@ class QueryRunner:
             triples: list[ox.Triple] = []
             seen: set[ox.Triple] = set()  # a graph is a set: the union of graphs may repeat triples
             truncated = False
-            for n, t in enumerate(result):
-                if n % 256 == 0 and cancel.is_set():
+            for t in result:
+                if cancel.is_set():
                     raise CancelledQueryError()
                 if t in seen:
                     continue
