@@ -175,10 +175,11 @@ def test_observer_killed_and_restarted_records_every_run_once(tmp_path: Path) ->
     ids_file = tmp_path / "ids.txt"
     data_dir = tmp_path / "observer-data"
     env = clean_env(PROVGRAPH_TRANSPORT="store", PROVGRAPH_FLUSH_INTERVAL="0.05")
-    log_runs(tmp_path, uri, ids_file, "warmup", 1)  # the store exists before the observer starts
-    script = log_runs(tmp_path, uri, ids_file, "batch", 10, pause=0.3, wait=False)
+    script = log_runs(tmp_path, uri, ids_file, "gated", 10, pause=0.05, wait=False)
+    _wait("the first run", lambda: len(run_ids(ids_file)) >= 1 or script.poll() is not None)
     observer = subprocess.Popen(observer_command(data_dir, uri, "--interval", "0.1"), env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    restarted: subprocess.Popen[bytes] | None = None
     try:
         _wait("the observer to checkpoint 3 runs",
               lambda: len(_checkpoint(data_dir).get("seen", {})) >= 3 or observer.poll() is not None)
@@ -186,21 +187,22 @@ def test_observer_killed_and_restarted_records_every_run_once(tmp_path: Path) ->
         observer.send_signal(signal.SIGKILL)
         observer.wait(10)
         before = set(_checkpoint(data_dir)["seen"])
-        assert script.poll() is None, "the kill should happen while runs are still being logged"
+        assert script.poll() is None and len(run_ids(ids_file)) == 5  # half of the runs are still to come
+        (tmp_path / "continue").touch()
 
         restarted = subprocess.Popen(observer_command(data_dir, uri, "--interval", "0.1"), env=env,
                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert script.wait(120) == 0
         expected = set(run_ids(ids_file))
-        assert len(expected) == 11
+        assert len(expected) == 10
         _wait("the restarted observer to see every run",
               lambda: set(_checkpoint(data_dir).get("seen", {})) == expected or restarted.poll() is not None)
         restarted.send_signal(signal.SIGTERM)
         out = restarted.communicate(timeout=60)[0].decode()
         assert restarted.returncode == 0, out
     finally:
-        for proc in (script, observer):
-            if proc.poll() is None:
+        for proc in (script, observer, restarted):
+            if proc is not None and proc.poll() is None:
                 proc.kill()
     assert f"recorded {len(expected) - len(before)} MLflow runs" in out  # nothing re-read after the restart
 
@@ -221,8 +223,7 @@ def test_observer_killed_and_restarted_records_every_run_once(tmp_path: Path) ->
         assert all((r["scores"], r["starts"], r["params"]) == ("1", "1", "1") for r in per_task), per_task
         scores = select(store, """SELECT ?label ?v WHERE { ?t rdfs:label ?label .
             ?out prov:wasGeneratedBy ?t ; pg:parameterName "score" ; prov:value ?v }""")
-        assert {r["label"]: float(r["v"]) for r in scores} == {
-            **{f"batch-{i}": i / 10 for i in range(10)}, "warmup-0": 0.0}
+        assert {r["label"]: float(r["v"]) for r in scores} == {f"gated-{i}": i / 10 for i in range(10)}
 
 
 def test_bad_tracking_uri_and_unreachable_server_are_clear_errors(

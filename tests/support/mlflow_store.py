@@ -46,6 +46,9 @@ if prefix == "full":
     note(stopped)
     mlflow.end_run(status="KILLED")
 for i in range(count):
+    if prefix == "gated" and i == count // 2:  # half-way: wait until the test says "continue"
+        while not Path("continue").exists():
+            time.sleep(0.05)
     with mlflow.start_run(run_name=f"{prefix}-{i}") as run:
         note(run)
         mlflow.log_param("i", i)
