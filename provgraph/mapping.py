@@ -223,6 +223,9 @@ class Mapper:
         self._pending_decl: list[str] = []
         self._segments: dict[str, tuple[str, str]] = {}
         self._graphs: dict[str, str] = {}
+        self._templates: dict[tuple[Any, ...], tuple[str, int] | None] = {}
+        # the sampler attaches telemetry while a record is built: no fast path then
+        self._fast_ok = settings.telemetry != "sampler"
 
     # -- helpers -------------------------------------------------------------
     def _once(self, graph: str, subject: str, lines: list[str], triples: Iterable[tuple[str, str]]) -> None:
@@ -261,6 +264,10 @@ class Mapper:
         :data:`PREFIXES`) for the named graph ``graph``; for a :class:`RawBatch`,
         ``(None, [n-quads])``."""
         if isinstance(item, tuple):  # a CallRecord from the task decorator
+            if self._fast_ok:
+                fast = self._fast_call(item)
+                if fast is not None:
+                    return fast
             rec = item[0].to_record(item)
             g = self.graph_of(rec.run)
             return g, self.task(rec, g)
@@ -341,9 +348,13 @@ class Mapper:
     def _task_head(self, rec: TaskRecord, g: str) -> tuple[str, str]:
         """The lines every task of one (run, name, function, status, user, host) shares,
         with ``\x00`` standing for the task IRI. Built once, reused for every call."""
-        user = rec.run.user or self.settings.user
-        host = rec.host or rec.run.host or self.settings.hostname
-        key = (g, rec.name, rec.function, rec.status, user, host)
+        return self._head(g, rec.run, rec.name, rec.function, rec.status, rec.host)
+
+    def _head(self, g: str, run: RunInfo, name: str, function: str | None, status: str,
+              task_host: str | None) -> tuple[str, str]:
+        user = run.user or self.settings.user
+        host = task_host or run.host or self.settings.hostname
+        key = (g, name, function, status, user, host)
         cached = self._heads.get(key)
         if cached is None:
             decl: list[str] = []
@@ -352,13 +363,13 @@ class Mapper:
             t = "\x00"
             parts = [
                 f"{t} {_A} {_ACTIVITY} .\n", f"{t} {_A} {_TASK} .\n",
-                f"{t} {_LABEL} {literal(rec.name)} .\n",
-                f"{t} {_IN_RUN} <{self.mint.run(rec.run.run_id)}> .\n",
-                f"{t} {_STATUS} {literal(rec.status)} .\n",
+                f"{t} {_LABEL} {literal(name)} .\n",
+                f"{t} {_IN_RUN} <{self.mint.run(run.run_id)}> .\n",
+                f"{t} {_STATUS} {literal(status)} .\n",
                 f"{t} {_ASSOC} {u} .\n", f"{t} {_AT_LOC} {h} .\n",
             ]
-            if rec.function:
-                parts.append(f"{t} {_FUNCTION} {literal(rec.function)} .\n")
+            if function:
+                parts.append(f"{t} {_FUNCTION} {literal(function)} .\n")
             if len(self._heads) > 10_000:
                 self._heads.clear()
             cached = self._heads[key] = ("".join(parts), h)
@@ -408,6 +419,101 @@ class Mapper:
         for sample in rec.telemetry:
             self._telemetry(t_iri, t, g, sample, lines)
         return lines
+
+    # -- fast path for calls whose arguments and result are all small scalars -----------
+    def _fast_call(self, item: tuple[Any, ...]) -> tuple[str, list[str]] | None:
+        """The statements of a decorated call from a per-function template, or None when
+        the call needs the general path (keyword arguments, an exception, extras such as
+        used/generated or telemetry, a value that may be a file, a structured result).
+        Produces exactly the triples of :meth:`task` (tests compare both)."""
+        info, frame, parent, args, kwargs, t0, t1, result, exc = item
+        if exc is not None or kwargs or frame.extras or t1 is None or t0 is None:
+            return None
+        run = frame.run
+        key = (info, run.run_id, len(args), result is not None)
+        if key in self._templates:
+            tpl = self._templates[key]
+        else:
+            tpl = self._build_template(info, run, len(args), result is not None)
+            if len(self._templates) > 10_000:
+                self._templates.clear()
+            self._templates[key] = tpl
+        if tpl is None:
+            return None
+        text, skip = tpl
+        lits: list[str] = []
+        for v in (args[skip:] if skip else args):
+            vt = type(v)
+            if vt is int:
+                lits.append(str(v))
+            elif vt is float or vt is bool:
+                lits.append(literal(v))
+            elif vt is str and len(v) < 256 and "/" not in v and "." not in v and "\\" not in v:
+                lits.append('"' + v.translate(_ESC) + '"')
+            else:
+                return None
+        if result is not None:
+            rt = type(result)
+            if rt is int:
+                lits.append(str(result))
+            elif rt is float or rt is bool:
+                lits.append(literal(result))
+            elif rt is str and len(result) < 256 and "/" not in result and "." not in result \
+                    and "\\" not in result:
+                lits.append('"' + result.translate(_ESC) + '"')
+            else:
+                return None
+        g = self.graph_of(run)
+        t_iri = self.mint.task(f"{frame.token}-{frame.n}")
+        body = (text % (time_literal(t0), time_literal(t1), *lits)).replace("\x01", t_iri)
+        lines: list[str] = []
+        if self._pending_decl:
+            lines.extend(self._pending_decl)
+            self._pending_decl.clear()
+        lines.append(body)
+        if parent is not None:
+            lines.append(f"<{t_iri}> {_PARENT} <{self.mint.task(f'{parent.token}-{parent.n}')}> .\n")
+        return g, lines
+
+    def _build_template(self, info: Any, run: RunInfo, nargs: int, has_result: bool) -> tuple[str, int] | None:
+        """``(format string, leading arguments to skip)`` for calls of ``info`` with
+        ``nargs`` positional arguments; None if such calls need the general path."""
+        positional, _, defaults = info._signature()
+        if nargs > len(positional):
+            return None
+        skip = 1 if positional and positional[0] in ("self", "cls") and nargs >= 1 else 0
+        names = positional[skip:nargs]
+        rest: list[tuple[str, str]] = []  # parameters left to their (scalar) defaults
+        for name, value in defaults.items():
+            if name in positional[:nargs] or name in ("self", "cls"):
+                continue
+            if type(value) not in (int, float, bool, str) or (
+                    type(value) is str and (len(value) >= 256 or "/" in value or "." in value or "\\" in value)):
+                return None
+            rest.append((name, literal(value)))
+        g = self.graph_of(run)
+        head, _ = self._head(g, run, info.name, info.qualname, "finished", None)
+        t = "<\x01>"
+        parts = [head.replace("%", "%%").replace("\x00", t),  # head: IRIs and literals, escaped
+                 f"{t} {_STARTED} %s .\n{t} {_ENDED} %s .\n"]
+
+        def value_lines(direction: str, name: str, lit: str | None) -> str:
+            """The four statements of one value; ``lit=None`` leaves a ``%s`` slot."""
+            seg = self._segments.get(name)
+            if seg is None:
+                seg = self._segments[name] = (segment(name), literal(name))
+            e = f"<\x01/{direction}/{seg[0]}>"
+            link = f"{t} {_USED} {e} .\n" if direction == "in" else f"{e} {_GEN_BY} {t} .\n"
+            text = f"{e} {_A} {_ENTITY} .\n{e} {_PNAME} {seg[1]} .\n{e} {_VALUE} \x02 .\n{link}"
+            return text.replace("%", "%%").replace("\x02", "%s" if lit is None else lit.replace("%", "%%"))
+
+        for name in names:
+            parts.append(value_lines("in", name, None))
+        for name, lit in rest:
+            parts.append(value_lines("in", name, lit))
+        if has_result:
+            parts.append(value_lines("out", "return", None))
+        return "".join(parts), skip
 
     def _scalar_lines(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
                       lines: list[str]) -> bool:

@@ -1,0 +1,103 @@
+"""The template fast path for scalar calls yields exactly the triples of the general path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyoxigraph as ox
+import pytest
+
+import provgraph
+from provgraph.mapping import TRIG_HEADER, Mapper
+from provgraph.settings import load_settings
+
+
+def _calls() -> list[Any]:
+    """Run a mix of decorated calls and return the raw call records still queued."""
+    provgraph.configure(transport="none", flush_interval=3600, batch_size=50_000, queue_size=100_000)
+
+    @provgraph.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @provgraph.task
+    def defaults(x: float, scale: float = 2.5, label: str = "k%s", on: bool = True) -> float:
+        return x * scale
+
+    @provgraph.task(name="named 100%")
+    def strings(s: str, t: str = "é ünïcode \"quoted\" \\ back") -> str:
+        return s + "!"
+
+    @provgraph.task
+    def nothing(flag: bool) -> None:
+        return None
+
+    @provgraph.task
+    def pathish(s: str) -> str:
+        return s  # "." or "/" in a string: may name a file, so the general path decides
+
+    class Model:
+        @provgraph.task
+        def fit(self, lr: float, epochs: int = 3) -> float:
+            return lr * epochs
+
+        @classmethod
+        @provgraph.task
+        def make(cls, n: int) -> int:
+            return n
+
+    @provgraph.task
+    def outer(n: int) -> int:
+        return add(n, 1) + 1
+
+    with provgraph.workflow("fast-path", campaign="c"):
+        add(1, 2)
+        add(-7, 10**30)
+        defaults(1.5)
+        defaults(2.0, 3.0)
+        defaults(float("nan"), float("inf"), "x", False)
+        strings("he said \"hi\"\n\ttab %d %%")
+        strings("x", "y")
+        nothing(True)
+        pathish("a/b")
+        pathish("report.txt")
+        Model().fit(0.1)
+        Model().fit(0.2, 5)
+        Model.make(4)
+        outer(3)
+        add(1, b=2)  # keyword: general path
+        try:
+            add("x", None)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        items = list(provgraph.get_emitter()._queue)
+    return items
+
+
+def _triples(mapper: Mapper, items: list[Any]) -> set[str]:
+    out: set[str] = set()
+    for item in items:
+        graph, lines = mapper.map(item)
+        doc = f"{TRIG_HEADER}{graph} {{\n{''.join(lines)}}}\n" if graph else "".join(lines)
+        out |= {str(q) for q in ox.parse(doc.encode(), format=ox.RdfFormat.TRIG)}
+    return out
+
+
+def test_fast_path_equals_general_path() -> None:
+    items = _calls()
+    calls = [i for i in items if isinstance(i, tuple)]
+    assert len(calls) >= 16
+    settings = load_settings(transport="none")
+    fast, slow = Mapper(settings), Mapper(settings)
+    slow._fast_ok = False
+    used_fast = sum(1 for i in calls if Mapper(settings)._fast_call(i) is not None)
+    assert used_fast >= 10, "the fast path should serve the scalar calls"
+    a, b = _triples(fast, items), _triples(slow, items)
+    assert a == b, (sorted(a - b)[:10], sorted(b - a)[:10])
+    provgraph.shutdown()
+
+
+@pytest.mark.parametrize("telemetry", ["sampler"])
+def test_fast_path_off_when_sampler_attaches_telemetry(telemetry: str) -> None:
+    assert Mapper(load_settings(telemetry=telemetry))._fast_ok is False
+    assert Mapper(load_settings())._fast_ok is True
