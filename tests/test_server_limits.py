@@ -265,3 +265,32 @@ def test_metrics_route(campaign_server: tuple[Campaign, RunningServer]) -> None:
     r = httpx.get(srv.url + "/metrics")
     assert r.status_code == 200
     assert r.text == "provgraph_up 1\n"
+
+
+def test_endpoint_in_front_of_an_oxigraph_server(tmp_path: Path) -> None:
+    """``store_url`` deployments: the endpoint serves a RemoteStore the same way."""
+    campaign = record_campaign(tmp_path)
+    with oxigraph_server(tmp_path / "ox") as ox_url:
+        remote = RemoteStore(ox_url)
+        remote.load(campaign.store.dump("nquads"), "nquads")
+        with start(build_app(remote, load_settings())) as srv:
+            url = srv.url + "/sparql"
+            count = PREFIXES + "SELECT (COUNT(DISTINCT ?t) AS ?n) WHERE { ?t a pg:Task }"
+            n = httpx.get(url, params={"query": count}).json()["results"]["bindings"][0]["n"]["value"]
+            assert int(n) == campaign.store.count("https://w3id.org/provgraph/ns#Task")
+            assert httpx.get(url, params={"query": "ASK { ?s ?p ?o }"}, headers={"Accept": "text/csv"}).text == "true"
+            construct = PREFIXES + "CONSTRUCT { ?t a pg:Task } WHERE { ?t a pg:Task }"
+            r = httpx.get(url, params={"query": construct}, headers={"Accept": "application/n-triples"})
+            assert len(list(ox.parse(r.content, format=ox.RdfFormat.N_TRIPLES))) == int(n)
+            g = campaign.store.named_graphs()[0]
+            r = httpx.get(srv.url + "/rdf-graphs/service", params={"graph": g},
+                          headers={"Accept": "application/n-triples"})
+            assert len(list(ox.parse(r.content, format=ox.RdfFormat.N_TRIPLES))) == len(list(campaign.store.quads(g)))
+            model = campaign.models[(0.1, 2)]
+            up = httpx.get(srv.url + "/lineage", params={"node": model}).json()
+            assert {x["id"] for x in up["nodes"]} == {
+                x["id"] for x in lineage_mod.lineage(campaign.store, model, "upstream")["nodes"]}
+            r = httpx.get(url, params={"query": count, "default-graph-uri": g})
+            assert r.status_code == 400
+            assert "FROM" in r.text
+            assert httpx.get(url, params={"query": "SELECT * WHERE { ?s ?p }"}).status_code == 400

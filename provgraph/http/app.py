@@ -108,12 +108,13 @@ def _int_param(params: Any, name: str, default: int | None = None) -> int | None
 
 
 def build_app(backend: Store | RemoteStore, settings: Settings, *,
-              metrics: Callable[[], str] | None = None, workers: int = 4) -> Starlette:
+              metrics: Callable[[], str] | None = None, workers: int | None = None) -> Starlette:
     """The Starlette application serving ``backend`` (see the module docstring).
 
     ``settings`` gives ``query_timeout``, ``query_max_results``, ``update_token``,
     ``service_allowlist`` and ``cors_origins``; ``metrics`` (optional) returns the
-    Prometheus text served at ``/metrics``; ``workers`` bounds concurrent queries."""
+    Prometheus text served at ``/metrics``; ``workers`` bounds concurrent queries
+    (default: ``settings.query_workers`` where that setting exists, else 4)."""
     require("starlette", "server")
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
@@ -124,7 +125,8 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
     from .. import lineage as lineage_mod
     from .. import queries as query_lib
 
-    runner = QueryRunner(timeout=settings.query_timeout, max_results=settings.query_max_results, workers=workers)
+    pool = workers if workers is not None else int(getattr(settings, "query_workers", 4))
+    runner = QueryRunner(timeout=settings.query_timeout, max_results=settings.query_max_results, workers=pool)
     allowlist = list(settings.service_allowlist)
     token = settings.update_token
     started = time.time()
