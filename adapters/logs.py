@@ -321,6 +321,7 @@ class LogInterpreter:
         self.base_dir = patterns.base_dir if patterns.base_dir is not None else base_dir
         self.parent_of = parent_of
         self.open: dict[str, Any] | None = None
+        self._open_run: RunInfo | None = None
         self.stats = {"lines": 0, "matched": 0, "unmatched": 0, "orphaned": 0, "tasks": 0}
         self._orphan_logged = False
 
@@ -329,6 +330,7 @@ class LogInterpreter:
 
     def restore(self, state: dict[str, Any] | None) -> None:
         self.open = None if state is None else dict(state)
+        self._open_run = None
 
     def feed(self, line: str, at_ns: int, key: str | None = None) -> list[TaskRecord]:
         """Interpret one line (without its newline) logged at ``at_ns``; the records of
@@ -345,8 +347,9 @@ class LogInterpreter:
             if self.open is not None:
                 out.append(self._implicit_end(at_ns))
             self.open = {"id": self.new_id(key, line), "label": _format(pattern.task or pattern.name, groups),
-                         "start_ns": at_ns, "run": None, "parent": self.parent_of() if self.parent_of else None,
+                         "start_ns": at_ns, "parent": self.parent_of() if self.parent_of else None,
                          "inputs": {}, "outputs": {}, "key": key}
+            self._open_run = self.run_for(at_ns)  # the run of the context that logged the start line
             self._add(pattern, groups)
             if pattern.action == "task":
                 out.append(self._close(at_ns, "finished", None))
@@ -410,13 +413,14 @@ class LogInterpreter:
     def _close(self, at_ns: int, status: str, error: ErrorInfo | None) -> TaskRecord:
         task = self.open
         assert task is not None
-        self.open = None
+        run = self._open_run or self.run_for(int(task["start_ns"]))
+        self.open = self._open_run = None
         self.stats["tasks"] += 1
         attributes: dict[str, Any] = {}
         if task.get("key"):
             attributes["externalId"] = task["key"]
         return TaskRecord(
-            task_id=task["id"], run=self.run_for(int(task["start_ns"])), name=task["label"],
+            task_id=task["id"], run=run, name=task["label"],
             started_ns=int(task["start_ns"]), ended_ns=max(at_ns, int(task["start_ns"])),
             inputs={k: _value(v) for k, v in task["inputs"].items()},
             outputs={k: _value(v) for k, v in task["outputs"].items()},
