@@ -107,6 +107,41 @@ def _bound(value: Any) -> ox.NamedNode | ox.Literal | ox.BlankNode:
                      "datetime or Client.iri(...)")
 
 
+class _EndpointStore(RemoteStore):
+    """A :class:`RemoteStore` on a SPARQL endpoint that also understands provgraph's
+    answers: a truncated answer (``X-Provgraph-Truncated``) raises instead of being taken
+    for the whole one, 503 is a timeout, 401/403 refusals are query errors."""
+
+    def _request(self, url: str, *, data: bytes | None = None, content_type: str | None = None,
+                 accept: str | None = None, method: str | None = None) -> tuple[bytes, str]:
+        headers = dict(self._headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                if resp.headers.get("X-Provgraph-Truncated", "").lower() == "true":
+                    limit = resp.headers.get("X-Provgraph-Result-Limit", "?")
+                    raise QueryError(f"{url} truncated the answer at {limit} results (its query_max_results): "
+                                     "narrow the query, or page it with LIMIT / OFFSET")
+                return resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")[:2000].strip()
+            if exc.code == 404:
+                raise NotFoundError(f"{url}: not found: {body}") from None
+            if exc.code == 503 and "query_timeout" in body:
+                raise QueryTimeoutError(body) from None
+            if exc.code in (400, 401, 403, 406):
+                raise QueryError(f"{url} refused the request (HTTP {exc.code}): {body}") from None
+            raise StoreError(f"{url}: HTTP {exc.code}: {body}") from None
+        except TimeoutError as exc:
+            raise QueryTimeoutError(f"{url}: no answer within {self.timeout} s") from exc
+        except urllib.error.URLError as exc:
+            raise StoreError(f"cannot reach {url}: {exc.reason}") from exc
+
+
 def _prologue(query: str) -> str:
     """``query`` with the prov:, pg:, rdfs: and xsd: prefixes declared unless it declares them."""
     lower = query.lower()
@@ -143,7 +178,7 @@ class Client:
             return
         text = os.fspath(target)
         if text.startswith(("http://", "https://")):
-            self.store = RemoteStore(query_url=self._query_url(text.rstrip("/")), token=token, timeout=timeout)
+            self.store = _EndpointStore(query_url=self._query_url(text.rstrip("/")), token=token, timeout=timeout)
             return
         self.store = Store(Path(text).expanduser(), read_only=True)
         self._owned = True

@@ -3,17 +3,19 @@ endpoint (real uvicorn) and a plain Oxigraph server: same questions, same answer
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import rdflib
 
 from provgraph import lineage as lineage_mod
 from provgraph.client import Client
-from provgraph.errors import NotFoundError, QueryError
+from provgraph.errors import NotFoundError, QueryError, QueryTimeoutError
 from provgraph.remote import RemoteStore
 from provgraph.server import build_app, start
 from provgraph.settings import load_settings
@@ -146,3 +148,23 @@ def test_client_without_target_uses_the_configured_store(campaign: Campaign, dat
         assert isinstance(c.store, Store) and c.store.read_only
         tasks = c.sparql("SELECT DISTINCT ?t WHERE { ?t a pg:Task }")
         assert len(tasks) == campaign.store.count("https://w3id.org/provgraph/ns#Task") > 0
+
+
+def test_remote_limits_are_errors_not_short_answers(tmp_path: Path) -> None:
+    store = Store()
+    store.load("".join(f'<urn:x:{i}> <urn:x:p> "{i}" <urn:x:g> .\n' for i in range(55)).encode())
+    app = build_app(store, load_settings(query_max_results=5, query_timeout=0.2), workers=1)
+    with start(app) as srv:
+        c = Client(srv.url)
+        assert len(c.sparql("SELECT ?s WHERE { ?s ?p ?o } LIMIT 5")) == 5
+        with pytest.raises(QueryError, match="truncated the answer at 5"):
+            c.sparql("SELECT ?s WHERE { ?s ?p ?o }")
+        with pytest.raises(QueryError, match="service_allowlist"):
+            c.sparql("SELECT * WHERE { SERVICE <http://127.0.0.1:9/sparql> { ?s ?p ?o } }")
+        with pytest.raises(QueryTimeoutError):
+            c.sparql("SELECT (COUNT(*) AS ?n) WHERE { ?a ?p ?b . ?c ?q ?d . ?e ?r ?f . ?g ?s ?h }")
+        deadline = time.monotonic() + 60
+        while httpx.get(srv.url + "/healthz").json()["busy_workers"]:  # the runaway query ends in time
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert c.ask("ASK { ?s ?p ?o }") is True
