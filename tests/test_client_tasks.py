@@ -257,3 +257,15 @@ def test_filter_by_iri_fields(nasty: dict[str, Client], tmp_path: Path) -> None:
     one = client.tasks(filter={"id": docs[1]["id"]}, projection=["used.n"])
     assert [d["id"] for d in one] == [docs[1]["id"]]
     assert len(client.tasks(filter={"run": docs[0]["run"]})) == len(NASTY)
+
+
+def test_time_filters(client: Client) -> None:
+    docs = client.tasks(filter={"name": "train"}, projection=["started_at", "ended_at"])
+    assert isinstance(docs, list) and len(docs) > 4
+    cut = docs[3]["started_at"]
+    later = client.tasks(filter={"name": "train", "started_at": {"$gte": cut}}, projection=["started_at"])
+    assert [d["id"] for d in later] == [d["id"] for d in docs if d["started_at"] >= cut]
+    before = client.tasks(filter={"name": "train", "ended_at": {"$lt": cut}}, projection=["ended_at"])
+    assert [d["id"] for d in before] == [d["id"] for d in docs if d["ended_at"] < cut]
+    naive = cut.replace(tzinfo=None)  # naive datetimes are taken as UTC
+    assert len(client.tasks(filter={"name": "train", "started_at": {"$gte": naive}})) == len(later)
