@@ -196,6 +196,56 @@ SELECT ?m ?label WHERE {{
             assert httpx.get(srv.url + "/sparql", params={"query": other}).status_code == 403
 
 
+T1 = "http://127.0.0.1:1/"  # pyoxigraph refuses port 1 at once: its error proves it tried to call out
+SERVICE_FORMS = [
+    f"SELECT * {{ SERVICE <{T1}> {{}} }}",
+    r"SELECT * { SERVICE <http://127.0.0.1:1/\u0073> {} }",
+    f"PREFIX p: <{T1}> SELECT * {{ SERVICE p:a\\.b {{}} }}",
+    f"PREFIX p: <{T1}> SELECT * {{ SERVICE p:%41 {{}} }}",
+    f"PREFIX p: <{T1}> SELECT * {{ SERVICE p: {{}} }}",
+    r"PREFIX p: <http://127.0.0.1:1\u002F> SELECT * { SERVICE p:x {} }",
+    f"BASE <{T1}> SELECT * {{ SERVICE <> {{}} }}",
+    f"SELECT * {{ ?s ?p ?o OPTIONAL {{ SERVICE <{T1}> {{}} }} }}",
+    f"SELECT * {{ ?s ?p ?o MINUS {{ SERVICE <{T1}> {{}} }} }}",
+    f"SELECT * {{ ?s ?p ?o FILTER NOT EXISTS {{ SERVICE <{T1}> {{}} }} }}",
+    f"ASK {{ SERVICE <{T1}> {{ ?a ?b ?c }} }}",
+    f"CONSTRUCT {{ ?a ?b ?c }} WHERE {{ SERVICE <{T1}> {{ ?a ?b ?c }} }}",
+    f"DESCRIBE ?a WHERE {{ SERVICE <{T1}> {{ ?a ?b ?c }} }}",
+    f"SELECT * {{ sErViCe\t<{T1}>\n{{}} }}",
+    f"SELECT * {{SERVICE<{T1}>{{}}}}",
+    f"SELECT * {{ SERVICE #c\n <{T1}> #d\n {{}} }}",
+    f"SELECT (EXISTS {{ SERVICE <{T1}> {{}} }} AS ?x) {{ ?s ?p ?o }}",
+    f"SELECT ?s {{ ?s ?p ?o }} ORDER BY (EXISTS {{ SERVICE <{T1}> {{}} }})",
+    f"SELECT * {{ {{ SELECT * {{ SERVICE <{T1}> {{}} }} }} }}",
+    f"SELECT * {{ LATERAL {{ SERVICE <{T1}> {{}} }} }}",
+    f"SELECT * {{ ?s ?p ?o FILTER(?o<2) SERVICE <{T1}> {{}} }}",
+    f"SELECT * {{ ?s ?p ?o FILTER(?o<?p&&?p>?o) SERVICE <{T1}> {{}} }}",
+    "SELECT * { ?s ?p '''a''b''' . SERVICE <" + T1 + "> {} }",
+    "SELECT * { ?s ?p 'a\\'b' . SERVICE <" + T1 + "> {} }",
+    'SELECT * { ?s ?p """a""b""" . SERVICE <' + T1 + "> {} }",
+]
+
+
+def test_guard_finds_every_service_form_pyoxigraph_would_call() -> None:
+    """pyoxigraph is the oracle: whenever it tries to call out, the guard refused first."""
+    from provgraph.http.guard import OutboundRefusedError, check_outbound
+
+    store = ox.Store()
+    store.add(ox.Quad(ox.NamedNode("urn:s"), ox.NamedNode("urn:p"), ox.Literal(1)))
+    calls = 0
+    for q in SERVICE_FORMS:
+        try:
+            result = store.query(q, use_default_graph_as_union=True)
+            if not isinstance(result, ox.QueryBoolean):
+                list(result)
+        except OSError as exc:
+            calls += "port 1" in str(exc)
+        with pytest.raises(OutboundRefusedError):
+            check_outbound(q, [])
+        if "BASE" not in q:  # relative IRIs are refused even when they resolve to a listed one
+            check_outbound(q, [T1, T1 + "s", T1 + "a.b", T1 + "%41", T1 + "x"])  # allowlisted: passes
+    assert calls >= 15  # most forms really make pyoxigraph call out
+
 # -- lineage, path and named queries over HTTP ---------------------------------------------------
 @pytest.fixture(scope="module")
 def campaign_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Campaign, RunningServer]]:

@@ -158,14 +158,14 @@ def _rdflib_services(text: str) -> list[Target] | None:
             return
         name = getattr(node, "name", None)
         if name == "PrefixDecl":
-            prefixes[str(node.get("prefix") or "")] = str(node.get("iri"))  # type: ignore[attr-defined]
+            prefixes[str(_field(node, "prefix") or "")] = str(_field(node, "iri"))
         if name == "ServiceGraphPattern":
-            term = node.get("term")  # type: ignore[attr-defined]
+            term = _field(node, "term")
             if isinstance(term, URIRef):
                 out.append(Target("SERVICE", str(term), str(term)))
             elif getattr(term, "name", None) == "pname":
-                base = prefixes.get(str(term.get("prefix") or ""))
-                local = str(term.get("localname") or "")
+                base = prefixes.get(str(_field(term, "prefix") or ""))
+                local = _LOCAL_ESC.sub(r"\1", str(_field(term, "localname") or ""))
                 out.append(Target("SERVICE", None if base is None else base + local, f"{term}"))
             else:
                 out.append(Target("SERVICE", None, str(term)))
@@ -181,6 +181,11 @@ def _rdflib_services(text: str) -> list[Target] | None:
 
     walk(tree)
     return out
+
+
+def _field(node: object, key: str) -> object:
+    """A key of an rdflib parse-tree node (its ``get`` answers missing keys oddly)."""
+    return dict.get(node, key) if isinstance(node, dict) else None
 
 
 def outbound_targets(text: str) -> list[Target]:
