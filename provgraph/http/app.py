@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunningServer", "build_app", "serve", "start"]
 
+log = logging.getLogger("provgraph.http")
 MAX_BODY = 8 << 20  #: largest query / update body accepted (bytes)
 _SD = "http://www.w3.org/ns/sparql-service-description#"
 _FMT = "http://www.w3.org/ns/formats/"
@@ -153,6 +155,9 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
                     return fail(exc, as_json)
                 except CancelledQueryError:  # pragma: no cover - only while the pool shuts down
                     return fail(QueryTimeoutError("the query was abandoned"), as_json)
+                except Exception as exc:  # a bug must still answer, and be logged
+                    log.exception("error serving %s", request.url.path)
+                    return fail(exc, as_json)
             return endpoint
         return wrap
 
