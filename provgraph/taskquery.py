@@ -66,7 +66,7 @@ SCALAR_FIELDS: dict[str, str] = {
 }
 IRI_FIELDS = frozenset({"id", "run", "parent"})
 #: ``used.<name>`` / ``generated.<name>`` or a scalar field name
-FIELD = re.compile(r"^(?:(used|generated)\.([A-Za-z0-9_][A-Za-z0-9_.:\[\]\-]{0,199})|([a-z_]{1,32}))$")
+FIELD = re.compile(r"(?:(used|generated)\.(\w[\w.:\[\]\-]{0,199})|([a-z_]{1,32}))")
 AGGREGATES = {"count": "COUNT", "sum": "SUM", "avg": "AVG", "min": "MIN", "max": "MAX"}
 _OPS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$options", "$exists"})
 _CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
@@ -143,7 +143,7 @@ def check_field(name: Any) -> tuple[str, str | None]:
     """``(kind, parameter)``: kind is a scalar field name, ``used``, ``generated`` or ``id``."""
     if not isinstance(name, str):
         raise QueryError(f"a field name must be a string, not {name!r}")
-    m = FIELD.match(name)
+    m = FIELD.fullmatch(name)
     if m is None:
         raise QueryError(f"invalid field {name!r}: use id, {', '.join(SCALAR_FIELDS)}, "
                          "used.<argument> or generated.<output>")

@@ -219,6 +219,8 @@ def test_values_cannot_change_the_query(nasty: dict[str, Client], backend: str) 
     {"used.tag } ?s ?p ?o": 1},
     {'name" . ?s ?p ?o': 1},
     {"used.": 1},
+    {"used.tag\n": 1},
+    {"name\n": "tagged"},
     {"unknown_field": 1},
     {"$where": "1"},
     {"used.tag": {"$bogus": 1}},
