@@ -15,12 +15,12 @@ import rdflib
 
 from provgraph import lineage as lineage_mod
 from provgraph.client import Client
-from provgraph.errors import NotFoundError, QueryError, QueryTimeoutError
+from provgraph.errors import NotFoundError, QueryError, QueryTimeoutError, StoreError
 from provgraph.remote import RemoteStore
 from provgraph.server import build_app, start
 from provgraph.settings import load_settings
 from provgraph.store import Store
-from tests.support.servers import oxigraph_server
+from tests.support.servers import free_port, oxigraph_server
 from tests.test_server_protocol import Campaign, record_campaign
 
 BACKENDS = ("embedded", "provgraph", "oxigraph")
@@ -168,3 +168,20 @@ def test_remote_limits_are_errors_not_short_answers(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert c.ask("ASK { ?s ?p ?o }") is True
+
+
+def test_endpoint_urls_and_unreachable_servers(backends: dict[str, Client], campaign: Campaign) -> None:
+    base = backends["provgraph"].api_url
+    assert base is not None
+    c = Client(base + "/sparql")
+    assert c.api_url == base  # probed on first use
+    model = campaign.models[(0.1, 4)]
+    assert c.lineage(model)["root"] == model
+    plain = Client(backends["oxigraph"].store.query_url)  # type: ignore[union-attr]
+    assert plain.api_url is None and plain.ask("ASK { ?t a pg:Task }")
+    port = free_port()
+    down = Client(f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(StoreError, match="cannot reach"):
+        down.sparql("SELECT * WHERE { ?s ?p ?o }")
+    with pytest.raises(StoreError, match="cannot reach"):
+        Client(f"http://127.0.0.1:{port}/sparql", timeout=2).lineage(model)
