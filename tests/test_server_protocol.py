@@ -370,6 +370,10 @@ def test_update_needs_the_bearer_token() -> None:
         r = httpx.post(url, data={"update": "INSERT DATA { <a> <b> }"},
                        headers={"Authorization": "Bearer s3cret-token"})
         assert r.status_code == 400
+        r = httpx.post(url, data={"update": INSERT, "using-graph-uri": "urn:test:g"},
+                       headers={"Authorization": "Bearer s3cret-token"})
+        assert r.status_code == 400
+        assert "USING" in r.text
         sd = httpx.get(url).text
         assert "SPARQL11Update" in sd
     assert len(store) == 1

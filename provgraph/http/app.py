@@ -23,7 +23,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -264,11 +264,13 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
             if "query" in form:
                 return await run_query(request, form["query"][0], dgs, ngs, override)
             if "update" in form:
+                _no_using(form.keys())
                 return await run_update(request, form["update"][0])
             raise QueryError("the form has no query= or update= field")
         if ctype == "application/sparql-query":
             return await run_query(request, body.decode("utf-8", "replace"), dgs, ngs, override)
         if ctype == "application/sparql-update":
+            _no_using(params.keys())
             return await run_update(request, body.decode("utf-8", "replace"))
         raise _HTTPError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use application/sparql-query, "
                               "application/sparql-update or application/x-www-form-urlencoded")
@@ -413,6 +415,13 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.runner = runner
     return app
+
+
+def _no_using(names: Iterable[str]) -> None:
+    """The protocol's ``using-graph-uri`` / ``using-named-graph-uri`` are refused, not ignored."""
+    given = sorted(n for n in names if n in ("using-graph-uri", "using-named-graph-uri"))
+    if given:
+        raise QueryError(f"{', '.join(given)} is not supported: write USING / USING NAMED in the update")
 
 
 async def _read_body(request: Request) -> bytes:
