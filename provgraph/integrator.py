@@ -250,6 +250,13 @@ class Integrator:
 
     async def process(self, js: Any, msgs: list[Msg]) -> None:
         """Parse, dead-letter, commit and ack one fetch."""
+        keepalive = asyncio.create_task(self._in_progress(msgs))
+        try:
+            await self._process(js, msgs)
+        finally:
+            keepalive.cancel()
+
+    async def _process(self, js: Any, msgs: list[Msg]) -> None:
         m = self.metrics
         m.inc("received_messages", len(msgs))
         items: list[tuple[bytes, str | None, str]] = []
@@ -302,6 +309,18 @@ class Integrator:
             m.inc("committed_batches", len(good))
             m.inc("committed_triples", triples)
         await self._ack(good + done)
+
+    async def _in_progress(self, msgs: list[Msg]) -> None:
+        """While a commit runs, tell JetStream every third of the ack wait that it is in
+        progress, so a long commit is not redelivered to another integrator meanwhile."""
+        interval = max(0.5, self.settings.nats_ack_wait / 3)
+        while True:
+            await asyncio.sleep(interval)
+            for msg in msgs:
+                try:
+                    await msg.in_progress()
+                except Exception:
+                    log.debug("integrator: in_progress failed", exc_info=True)
 
     async def _ack(self, msgs: list[Msg]) -> None:
         for msg in msgs:

@@ -5,7 +5,8 @@
   to the server's ``max_payload``, duplicate window :data:`DUPLICATE_WINDOW` (2 min)
   during which a re-sent ``Nats-Msg-Id`` is dropped by the server;
 * durable pull consumer ``settings.nats_consumer`` (default ``provgraph-integrator``):
-  explicit acks, ack wait :data:`ACK_WAIT`, unlimited deliveries (:data:`MAX_DELIVER`:
+  explicit acks, ack wait ``settings.nats_ack_wait`` (30 s; the integrator extends it
+  while a commit is in progress), unlimited deliveries (:data:`MAX_DELIVER`:
   a message that cannot be parsed is dead-lettered, so only a store outage makes a
   message come back, and it must keep coming back until the store is up again);
   several integrators may share it (each fetch goes to one of them);
@@ -56,7 +57,8 @@ SUBJECT_PREFIX = "provgraph.v1"
 DLQ_PREFIX = "provgraph-dlq"
 MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 120.0
-ACK_WAIT = 60.0
+#: default ack wait (``settings.nats_ack_wait``)
+ACK_WAIT = 30.0
 MAX_DELIVER = -1
 #: largest message the stream accepts (the server's ``max_payload``, 1 MiB by default, is
 #: usually the tighter bound; publishers split batches to fit it)
@@ -227,6 +229,13 @@ async def ensure_layout(js: JetStreamContext, settings: Settings, *, consumer: b
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         cfg = ConsumerConfig(durable_name=settings.nats_consumer, ack_policy=AckPolicy.EXPLICIT,
-                             deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT, max_ack_pending=100_000,
+                             deliver_policy=DeliverPolicy.ALL, ack_wait=settings.nats_ack_wait,
+                             max_ack_pending=100_000,
                              max_deliver=MAX_DELIVER, filter_subject="provgraph.>")
-        await js.add_consumer(settings.nats_stream, cfg)
+        try:
+            await js.add_consumer(settings.nats_stream, cfg)
+        except Exception as exc:  # noqa: BLE001 - an existing consumer with other settings: keep it
+            import logging
+
+            logging.getLogger("provgraph.jetstream").warning(
+                "consumer %s exists with other settings (%s); using it as it is", settings.nats_consumer, exc)

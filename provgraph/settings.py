@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     nats_stream: str = "PROVGRAPH"
     nats_consumer: str = "provgraph-integrator"
     nats_max_inflight: int = Field(default=64, ge=1, description="batches a publisher awaits PubAcks for at once")
+    nats_ack_wait: float = Field(default=30.0, ge=1.0, description="seconds before JetStream redelivers "
+                                 "a message the integrator did not ack (its commits in progress extend it)")
     integrator_fetch: int = Field(default=256, ge=1, description="messages the integrator fetches per commit")
     integrator_commit: Literal["bulk", "transaction"] = Field(
         default="bulk", description="bulk: Oxigraph bulk loader per fetch (fast; acked after it returns); "
