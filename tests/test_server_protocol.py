@@ -400,3 +400,13 @@ def test_cors_off_by_default_and_on_when_configured(server: RunningServer) -> No
         assert pre.status_code == 200
         other = httpx.get(srv.url + "/sparql", params={"query": "ASK {}"}, headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_missing_server_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from provgraph.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "starlette", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"provgraph\[server\]"):
+        build_app(Store(), load_settings())

@@ -127,6 +127,7 @@ class QueryRunner:
                 "(query_timeout); narrow it or add LIMIT") from None
 
     def close(self) -> None:
+        """Stop taking work; queued jobs are cancelled, running ones end on their own."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- evaluation in a worker ---------------------------------------------------------

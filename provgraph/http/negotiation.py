@@ -35,6 +35,7 @@ class Format:
 
     @property
     def content_type(self) -> str:
+        """The ``Content-Type`` header value (with ``charset=utf-8`` for text formats)."""
         text = self.media_type.startswith("text/") or self.media_type.endswith(("+json", "+xml", "/json"))
         return f"{self.media_type}; charset=utf-8" if text else self.media_type
 
