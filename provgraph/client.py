@@ -43,6 +43,7 @@ import pyoxigraph as ox
 from . import queries as query_lib
 from . import taskquery
 from .errors import NotFoundError, QueryError, QueryTimeoutError, StoreError, require
+from .http.guard import has_dataset_clause
 from .namespaces import PG_NS, PROV_NS, RDFS_NS, XSD_NS
 from .remote import RemoteStore
 from .store import Store
@@ -262,15 +263,16 @@ class Client:
 
     def _run(self, query: str, bindings: dict[str, Any]) -> Any:
         query = _prologue(query)
+        union = not has_dataset_clause(query)  # FROM / FROM NAMED choose the dataset
         if not bindings:
-            return self.store.query(query)
+            return self.store.query(query, union_default_graph=union)
         terms = {k: _bound(v) for k, v in bindings.items()}
         for name in terms:
             if not name.isidentifier():
                 raise QueryError(f"invalid variable name {name!r}")
         # a VALUES row at the top of the outermost WHERE: unlike pyoxigraph substitutions it
         # needs no projected variable, and it means the same on every store
-        return self.store.query(query_lib.with_values(query, terms))  # type: ignore[arg-type]
+        return self.store.query(query_lib.with_values(query, terms), union_default_graph=union)  # type: ignore[arg-type]
 
     def sparql(self, query: str, **bindings: Any) -> list[dict[str, Any]]:
         """Rows of a SELECT query as dicts of Python values (unbound variables are ``None``).

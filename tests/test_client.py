@@ -85,6 +85,15 @@ def test_bindings_are_typed_terms(client: Client, campaign: Campaign) -> None:
         Client.iri("not an <iri>")
 
 
+def test_from_clause_chooses_the_dataset(client: Client, campaign: Campaign) -> None:
+    graphs = campaign.store.named_graphs()
+    sizes = [len(client.sparql(f"SELECT DISTINCT ?t FROM <{g}> WHERE {{ ?t a pg:Task }}")) for g in graphs]
+    assert sorted(sizes) == [3 + 2, 5 + 5]
+    rows = client.sparql(f"SELECT DISTINCT ?t FROM <{graphs[0]}> WHERE {{ ?t a pg:Task ; pg:status ?s }}",
+                         s="failed")
+    assert len(rows) <= 1
+
+
 def test_ask_and_construct(client: Client, campaign: Campaign) -> None:
     assert client.ask("ASK { ?t pg:status ?s }", s="failed") is True
     assert client.ask("ASK { ?t pg:status 'nope' }") is False

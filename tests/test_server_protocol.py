@@ -274,6 +274,23 @@ def test_dataset_parameters_select_graphs(campaign: Campaign, sparql_url: str) -
     assert [b["g"]["value"] for b in r.json()["results"]["bindings"]] == [graphs[0]]
 
 
+def test_from_clauses_choose_the_dataset(campaign: Campaign, sparql_url: str) -> None:
+    count = "SELECT (COUNT(DISTINCT ?t) AS ?n) {} WHERE {{ ?t a <https://w3id.org/provgraph/ns#Task> }}"
+    sizes = []
+    for g in campaign.store.named_graphs():
+        r = httpx.get(sparql_url, params={"query": count.format(f"FROM <{g}>")})
+        sizes.append(int(r.json()["results"]["bindings"][0]["n"]["value"]))
+    assert sorted(sizes) == [3 + 2, 5 + 5]
+    g = campaign.store.named_graphs()[0]
+    q = f"SELECT DISTINCT ?g FROM NAMED <{g}> WHERE {{ GRAPH ?g {{ ?s ?p ?o }} }}"
+    assert [b["g"]["value"] for b in httpx.get(sparql_url, params={"query": q}).json()["results"]["bindings"]] == [g]
+    # "from" inside a string or an IRI is not a dataset clause: the union default graph stays
+    q = 'SELECT (COUNT(DISTINCT ?t) AS ?n) WHERE { ?t a <https://w3id.org/provgraph/ns#Task> ; ?p ?o . ' \
+        'FILTER(?o != "from") }'
+    n = int(httpx.get(sparql_url, params={"query": q}).json()["results"]["bindings"][0]["n"]["value"])
+    assert n == sum(sizes)
+
+
 def test_bad_sparql_is_400_with_the_parser_message(sparql_url: str) -> None:
     bad = "SELECT ?x WHERE { ?x ?p }"
     try:

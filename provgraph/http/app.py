@@ -38,7 +38,7 @@ from ..errors import (
     require,
 )
 from .execution import Answer, CancelledQueryError, QueryRunner, serialize_graph
-from .guard import OutboundRefusedError, check_outbound, query_form
+from .guard import OutboundRefusedError, check_outbound, has_dataset_clause, query_form
 from .negotiation import RDF_FORMATS, RESULT_FORMATS, Format, NotAcceptableError, negotiate
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ def build_app(backend: Store | RemoteStore, settings: Settings, *,
     # -- SPARQL protocol -------------------------------------------------------------
     def execute(text: str, default_graphs: list[str], named_graphs: list[str]) -> Any:
         if not default_graphs and not named_graphs:
-            return backend.query(text)
+            # FROM / FROM NAMED in the query choose the dataset; else the union of all graphs
+            return backend.query(text, union_default_graph=not has_dataset_clause(text))
         from ..store import Store as _Store
 
         if not isinstance(backend, _Store):

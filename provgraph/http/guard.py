@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..errors import ProvgraphError
 
-__all__ = ["OutboundRefusedError", "Target", "check_outbound", "outbound_targets", "query_form"]
+__all__ = ["OutboundRefusedError", "Target", "check_outbound", "has_dataset_clause", "outbound_targets", "query_form"]
 
 
 class OutboundRefusedError(ProvgraphError):
@@ -95,6 +95,14 @@ def query_form(text: str) -> str | None:
         if kind == "word" and tok.upper() in ("SELECT", "ASK", "CONSTRUCT", "DESCRIBE"):
             return tok.upper()
     return None
+
+
+def has_dataset_clause(text: str) -> bool:
+    """Whether the query names its dataset (``FROM`` / ``FROM NAMED``): then the store's
+    union default graph must not replace it."""
+    if not re.search("from", text, re.IGNORECASE):
+        return False
+    return any(kind == "word" and tok.upper() == "FROM" for kind, tok in _tokens(text))
 
 
 def _scan(text: str) -> list[Target]:
