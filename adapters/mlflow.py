@@ -225,14 +225,13 @@ class MlflowObserver:
     def _emit_new(self, cache: Path, full: bool) -> tuple[dict[str, int], int]:
         """Emit a record per newly ended run; ``({run_id: end_ms}, runs still running)``."""
         try:
-            experiments = self._experiments()
-            runs = {e.experiment_id: self._announce(e) for e in experiments}
+            experiments = {e.experiment_id: e for e in self._experiments()}
             new: dict[str, int] = {}
             pending = 0
-            if not runs:
+            if not experiments:
                 return new, 0
             since = None if full or self._watermark is None else self._watermark - self.overlap_ms
-            for run in self._search(list(runs), since):
+            for run in self._search(list(experiments), since):
                 info = run.info
                 if info.run_id in self._seen or info.run_id in new:
                     continue
@@ -240,7 +239,7 @@ class MlflowObserver:
                     pending += 1
                     continue
                 try:
-                    record = self._record(run, runs[info.experiment_id], cache)
+                    record = self._record(run, self._workflow_run(experiments[info.experiment_id]), cache)
                 except Exception as exc:  # noqa: BLE001 - one unreadable run must not block the others
                     self.stats["errors"] += 1
                     self.stats["skipped"] += 1
@@ -318,9 +317,10 @@ class MlflowObserver:
             if not token:
                 return
 
-    def _announce(self, experiment: Any) -> RunInfo:
-        """The workflow run of an experiment; emitted once per observer process (its
-        triples are the same every time, so re-emitting after a restart is harmless)."""
+    def _workflow_run(self, experiment: Any) -> RunInfo:
+        """The workflow run of an experiment; emitted with its first recorded run, once per
+        observer process (its triples are the same every time, so re-emitting after a
+        restart is harmless). Experiments without runs are not recorded."""
         run = RunInfo(
             experiment_run_id(self.tracking_uri, experiment.experiment_id), experiment.name,
             campaign=self.settings.campaign, started_ns=_ms_to_ns(experiment.creation_time) or 0,

@@ -87,6 +87,10 @@ def test_runs_params_metrics_artifacts_parents_statuses(tmp_path: Path) -> None:
     assert [(r["wf"], r["user"]) for r in tasks.values()] == [("training", user)] * 6
     assert all(_time(r["start"]) <= _time(r["end"]) for r in tasks.values())
     assert tasks[sweep]["t"] == "urn:provgraph:local/task/" + pg_mlflow.task_id_of(uri, sweep)
+    experiments = select(store, """SELECT ?run ?label ?id WHERE { ?run a pg:WorkflowRun ; pg:sourceTool "mlflow" ;
+        rdfs:label ?label ; <urn:provgraph:local/attr/mlflow.experimentId> ?id }""")
+    assert [(r["label"], r["run"]) for r in experiments] == [  # the empty "Default" experiment is not recorded
+        ("training", "urn:provgraph:local/run/" + pg_mlflow.experiment_run_id(uri, experiments[0]["id"]))]
 
     by_label = {t["label"]: t for t in cap_tasks(store)}
     data_path = str((tmp_path / "weights.bin").resolve())
