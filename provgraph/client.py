@@ -236,8 +236,8 @@ class Client:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error", "")
-            except ValueError:
+                message = str(json.loads(exc.read()).get("error", ""))
+            except (ValueError, AttributeError):  # not JSON, or not an object
                 message = ""
             message = message or f"HTTP {exc.code}"
             if exc.code == 404:
