@@ -349,3 +349,82 @@ def test_cli_reports_bad_patterns_and_counts(tmp_path: Path, capsys: pytest.Capt
                      str(PATTERNS), "--once"]) == 0
     out = capsys.readouterr().out
     assert "read 5 lines" in out and "1 tasks recorded, 4 lines matched, 1 unmatched, 0 outside any task" in out
+
+
+GENERIC = """
+[workflow]
+name = "pipeline"
+
+[[pattern]]
+name = "convert"                       # one line, one task
+regex = 'converted (?P<src>\\S+) -> (?P<dst>\\S+) in (?P<seconds>[0-9.]+)s'
+action = "task"
+task = "convert {src}"
+used = ["src"]
+generated = ["dst", "seconds"]
+files = ["src", "dst"]
+
+[[pattern]]
+name = "fit-start"
+regex = 'fit lr=(?P<lr>\\S+)'
+action = "start"
+task = "fit"
+
+[[pattern]]
+name = "epoch"
+regex = 'epoch (?P<epoch>\\d+) loss=(?P<loss>\\S+)'
+generated = ["loss"]
+key = "loss@{epoch}"
+
+[[pattern]]
+name = "note"
+regex = 'note (?P<note>\\S+)'
+used = "*"
+
+[[pattern]]
+name = "diverged"
+regex = 'ERROR (?P<message>.+)'
+action = "fail"
+error = "message"
+"""
+
+
+def test_generic_patterns_fail_task_templates_and_counters(tmp_path: Path) -> None:
+    patterns_file = tmp_path / "patterns.toml"
+    patterns_file.write_text(GENERIC)
+    raw, out = tmp_path / "raw.dat", tmp_path / "out.dat"
+    raw.write_bytes(b"raw bytes " * 10)
+    out.write_bytes(b"converted " * 10)
+    log_file = tmp_path / "pipeline.log"
+    log_file.write_text("\n".join([
+        "epoch 0 loss=1.0",                                  # outside any task: orphaned
+        "converted raw.dat -> out.dat in 0.5s",              # relative paths: next to the log
+        "fit lr=0.1", "epoch 0 loss=0.9", "note first", "note second", "epoch 1 loss=0.4",
+        "something else entirely",                           # unmatched
+        "ERROR loss is NaN at epoch 2",
+    ]) + "\n")
+    with capture() as cap:
+        observer = logs.LogFileObserver(log_file, logs.load_patterns(patterns_file), emitter=provgraph.get_emitter())
+        assert observer.poll_once() == 9
+        tasks = {t["label"]: t for t in cap.tasks()}
+    assert observer.interpreter.stats == {"lines": 9, "matched": 8, "unmatched": 1, "orphaned": 1, "tasks": 2}
+    convert, fit = tasks["convert raw.dat"], tasks["fit"]
+    assert convert["status"] == "finished"
+    assert convert["inputs"] == {"src": hash_bytes(raw.read_bytes())}
+    assert convert["outputs"] == {"dst": hash_bytes(out.read_bytes()), "seconds": 0.5}
+    assert (fit["status"], fit["error"]) == ("failed", "loss is NaN at epoch 2")
+    assert fit["inputs"] == {"lr": 0.1, "note": "first", "note#2": "second"}
+    assert fit["outputs"] == {"loss@0": 0.9, "loss@1": 0.4}
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    log_file = tmp_path / "microscope.log"
+    log_file.write_text("")
+    patterns = logs.load_patterns(PATTERNS)
+    with logs.LogFileObserver(log_file, patterns) as observer:
+        observer.poll_once()
+        path = observer.checkpoint.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=f"checkpoint {path} is corrupt"):
+        logs.LogFileObserver(log_file, patterns)
