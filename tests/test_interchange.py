@@ -28,7 +28,9 @@ from tests.support import provdag
 
 PROV_TESTS = Path(prov.__file__).parent / "tests"
 JSON_DOCS = sorted((PROV_TESTS / "json").glob("*.json"))
-MALFORMED = sorted(p for p in (PROV_TESTS / "malformed").iterdir() if p.suffix != ".md")
+# prov >= 3.2 ships prov/tests/malformed/ (the figures below are for prov 3.2.3)
+MALFORMED = sorted(p for p in (PROV_TESTS / "malformed").glob("*") if p.suffix != ".md")
+PROV_VERSION = tuple(int(x) for x in prov.__version__.split(".")[:3] if x.isdigit())
 XSD = "http://www.w3.org/2001/XMLSchema#"
 # Integer types Oxigraph stores as xsd:integer (it keeps literal values, not lexical forms)
 INTEGERS = {"int", "long", "short", "byte", "integer", "unsignedInt", "unsignedLong", "unsignedShort",
@@ -112,6 +114,7 @@ def snapshot(store: provgraph.Store) -> tuple[int, list[str], bytes]:
 
 
 def test_corpus_is_there() -> None:
+    assert PROV_VERSION >= (3, 2), f"prov {prov.__version__}: these tests need prov >= 3.2 (its test corpus)"
     assert len(JSON_DOCS) > 300 and len(MALFORMED) >= 15
 
 
@@ -146,7 +149,9 @@ def test_every_prov_json_document_round_trips() -> None:
         by_value.append(path.name)
     assert len(exact) + len(by_value) + len(scruffy) == len(JSON_DOCS)
     # the figures docs/interchange.md reports; a change here needs a look at why
-    assert (len(exact), len(by_value), len(scruffy)) == (254, 116, 28)
+    if prov.__version__ == "3.2.3":
+        assert (len(exact), len(by_value), len(scruffy)) == (254, 116, 28)
+    assert len(exact) > len(by_value) + len(scruffy)
     assert all(name.startswith("scruffy-") for name in scruffy)
 
 
