@@ -11,10 +11,12 @@ Capture::
 
     provgraph.flush()
 
-Query::
+Query (the embedded store, a ``provgraph serve`` endpoint or any SPARQL 1.1 endpoint)::
 
-    store = provgraph.Store(provgraph.load_settings().store_dir, read_only=True)
-    store.query("SELECT ...")
+    client = provgraph.Client()                      # or Client("http://host:7879/sparql")
+    client.sparql("SELECT ...")
+    client.lineage("ni:///sha-256;...", direction="upstream", depth=5)
+    client.tasks(filter={"generated.loss": {"$lt": 0.1}}, sort=[("generated.loss", 1)])
 
 Files, byte strings and arrays are identified by content hash (``ni:///sha-256;...``),
 so workflows that touch the same bytes meet in one graph without sharing any ID.
@@ -35,6 +37,7 @@ from .capture import (
     used,
     workflow,
 )
+from .client import Client
 from .emitter import Emitter
 from .errors import (
     ConfigError,
@@ -58,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Artifact",
     "Batch",
+    "Client",
     "ConfigError",
     "Emitter",
     "ErrorInfo",

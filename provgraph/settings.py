@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=socket.gethostname)
     query_timeout: float = Field(default=30.0, gt=0)
     query_max_results: int = Field(default=100_000, ge=1)
+    query_workers: int = Field(default=4, ge=1, description="SPARQL endpoint: queries run at once (worker threads)")
     http_host: str = Field(default="127.0.0.1", description="address the SPARQL endpoint binds")
     http_port: int = Field(default=7879, ge=0, le=65535, description="port of the SPARQL endpoint (0 = any)")
     update_token: str | None = Field(

@@ -150,8 +150,14 @@ class Store:
 
     # -- reading ---------------------------------------------------------------
     def query(self, sparql: str, *, substitutions: dict[str, Any] | None = None,
-              union_default_graph: bool = True) -> Any:
-        """Run a SPARQL query; the default graph is the union of all graphs."""
+              union_default_graph: bool | None = None) -> Any:
+        """Run a SPARQL query. The default graph is the union of all named graphs, unless
+        the query names its dataset with ``FROM``/``FROM NAMED`` (``union_default_graph=None``,
+        the default) or ``union_default_graph`` says otherwise."""
+        if union_default_graph is None:
+            from .http.guard import has_dataset_clause
+
+            union_default_graph = not has_dataset_clause(sparql)
         try:
             kwargs: dict[str, Any] = {"use_default_graph_as_union": union_default_graph}
             if substitutions:
