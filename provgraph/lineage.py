@@ -62,6 +62,7 @@ AGENT_RELATIONS: tuple[str, ...] = ("wasAssociatedWith", "wasAttributedTo", "act
 DIRECTIONS = ("upstream", "downstream", "both")
 _BY_IRI = {iri: (name, s, o) for name, (iri, s, o) in RELATIONS.items()}
 
+_KIND_CLASSES = (("activity", PROV.Activity), ("entity", PROV.Entity), ("agent", PROV.Agent))
 Edge = tuple[str, str, str]  # (source, relation, target) in PROV direction
 
 
@@ -257,6 +258,9 @@ def lineage(store: Store | RemoteStore | ox.Store, node: str, direction: str = "
     walk = _Walk(exp, node, depth, max_nodes, cutoff)
     for up in ([True, False] if direction == "both" else [direction == "upstream"]):
         walk.run(up)
+    if walk.kinds.get(node) is None:  # no relation crossed: tell the kind from the root's types
+        root_types = _types_of(store, [node]).get(node, set())
+        walk.kinds[node] = next((k for k, cls in _KIND_CLASSES if cls in root_types), None)
     keep = list(walk.dist)
     if types is not None:
         wanted = set(types)

@@ -159,6 +159,9 @@ def test_kinds_relations_and_types(dag: Dag) -> None:
     assert tasks["edges"] == lineage(dag.store, root, "upstream", depth=4)["edges"]  # edges are not filtered
     with pytest.raises(QueryError, match="unknown relation"):
         lineage(dag.store, root, relations=["wasFriendsWith"])
+    # a root with nothing upstream still says what it is (from its rdf:type)
+    alone = lineage(dag.store, provdag.param(7), "upstream")
+    assert alone["nodes"] == [{"id": provdag.param(7), "kind": "entity", "depth": 0}] and alone["complete"]
 
 
 def test_errors(dag: Dag) -> None:
