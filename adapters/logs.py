@@ -597,7 +597,8 @@ class LogFileObserver:
         """First open in this process: continue where the checkpoint left off."""
         if self._cp_inode is not None and self._cp_inode != st.st_ino:
             return self._catch_up(self._cp_inode, self._cp_offset, st) + self._read(to_end=False)
-        self._open(st.st_ino, 0)
+        if not self._open_inode(st.st_ino, 0, self.path):
+            return 0  # deleted between stat and open: the next poll looks again
         assert self._fh is not None
         if self._cp_inode == st.st_ino:
             if self._rewritten(self._fh, self._cp_offset, self._cp_head):
@@ -609,36 +610,67 @@ class LogFileObserver:
     def _catch_up(self, old_ino: int, offset: int | None, st: os.stat_result | None) -> int:
         """The file at ``old_ino`` was rotated away: read it to its end (from ``offset``,
         or from where this process was), then every file rotated after it (``NAME.*``,
-        oldest first), then open the new file at ``st``."""
+        oldest first), then open the new file at ``st``.
+
+        Files are always opened by inode: when a rotation moves a file between listing
+        and opening, it is looked up again, so a file is never read in another's place."""
         n = 0
+        old_mtime: int | None = None
         if offset is None:  # this process was following it: the handle still reads it
             assert self._fh is not None
             old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns
-        else:
-            found = self._sibling(old_ino)
-            if found is None:
-                self.stats["missed_rotations"] += 1
-                log.warning("provgraph log observer: %s was rotated while the observer was stopped and the old "
-                            "file (inode %d) is not next to it; its lines after byte %d are not recorded",
-                            self.path, old_ino, offset)
-                old_mtime = None
+        elif self._open_inode(old_ino, offset):
+            assert self._fh is not None
+            old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns
+            if self._rewritten(self._fh, offset, self._cp_head):
+                self._offset, self._head = 0, b""
             else:
-                self._open(old_ino, offset, found)
-                old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns  # type: ignore[union-attr]
-                if self._rewritten(self._fh, offset, self._cp_head):  # type: ignore[arg-type]
-                    self._offset, self._head = 0, b""
-                else:
-                    self._head = self._cp_head
+                self._head = self._cp_head
+        else:
+            self.stats["missed_rotations"] += 1
+            log.warning("provgraph log observer: %s was rotated while the observer was stopped and the old "
+                        "file (inode %d) is not next to it; its lines after byte %d are not recorded",
+                        self.path, old_ino, offset)
         if self._fh is not None:
             n += self._finish_file()
         if old_mtime is not None:
             current = None if st is None else st.st_ino
             for path, ino in self._rotated_after(old_mtime, {old_ino, current}):
-                self._open(ino, 0, path)
-                n += self._finish_file()
-        if st is not None:
-            self._open(st.st_ino, 0)
+                if self._open_inode(ino, 0, path):
+                    n += self._finish_file()
+        if st is not None and not self._open_inode(st.st_ino, 0, self.path):
+            self._cp_inode = None  # already gone again: the next poll starts with what the path names then
         return n
+
+    def _open_inode(self, ino: int, offset: int, first: Path | None = None) -> bool:
+        """Open the file with inode ``ino`` at ``offset``: at ``first``, else wherever a
+        rotation moved it (the log's path or a rotated name). False when it is gone."""
+        tried: set[Path] = set()
+        for _ in range(4):
+            path = first if first is not None and first not in tried else self._locate(ino)
+            if path is None:
+                return False
+            tried.add(path)
+            try:
+                fh = open(path, "rb")  # kept open while following
+            except OSError:
+                continue
+            if os.fstat(fh.fileno()).st_ino == ino:
+                self._fh, self._ino, self._offset, self._head = fh, ino, offset, b""
+                return True
+            fh.close()
+        return False
+
+    def _locate(self, ino: int) -> Path | None:
+        try:
+            if os.stat(self.path).st_ino == ino:
+                return self.path
+        except OSError:
+            pass
+        for path, other, _ in self._siblings():
+            if other == ino:
+                return path
+        return None
 
     def _finish_file(self) -> int:
         assert self._fh is not None and self._ino is not None
@@ -648,12 +680,6 @@ class LogFileObserver:
         self.stats["rotations"] += 1
         self._done = [*self._done[-15:], self._ino]
         return n
-
-    def _sibling(self, ino: int) -> Path | None:
-        for path, other, _ in self._siblings():
-            if other == ino:
-                return path
-        return None
 
     def _siblings(self) -> list[tuple[Path, int, int]]:
         """``(path, inode, mtime_ns)`` of the rotated files next to the log (``NAME.*``,
@@ -685,12 +711,6 @@ class LogFileObserver:
             return False
         fh.seek(0)
         return fh.read(len(head)) != head
-
-    def _open(self, ino: int, offset: int, path: Path | None = None) -> None:
-        fh = open(path or self.path, "rb")  # kept open while following
-        if os.fstat(fh.fileno()).st_ino != ino:  # replaced between stat and open: start over
-            ino, offset = os.fstat(fh.fileno()).st_ino, 0
-        self._fh, self._ino, self._offset, self._head = fh, ino, offset, b""
 
     def _read(self, *, to_end: bool) -> int:
         """Interpret the complete lines after ``_offset`` (and a last partial line when
