@@ -72,6 +72,8 @@ PROV_CONTENT_TYPES: dict[str, str] = {
     "application/provenance+xml": "provxml",
     "text/provenance-notation": "provn",
 }
+#: the integrator keeps fetching while more is pending, up to this many bytes per commit
+COMMIT_MAX_BYTES = 64 * 1024 * 1024
 _CONCATENABLE = {ox.RdfFormat.TRIG, ox.RdfFormat.N_QUADS, ox.RdfFormat.N_TRIPLES, ox.RdfFormat.TURTLE}
 _BASE = re.compile(rb"@base|(^|\n)\s*BASE\s", re.IGNORECASE)
 _NEWLINES = re.compile(r"[\r\n]+")
@@ -186,6 +188,23 @@ def commit(store: Store | RemoteStore, parsed: Sequence[Parsed], mode: str) -> i
     return triples
 
 
+@dataclass(slots=True)
+class _Fetched:
+    """One fetch between the two stages: parsed messages to commit, dead letters to ack."""
+
+    keepalive: asyncio.Task[None]
+    good: list[Msg] = field(default_factory=list)
+    parsed: list[Parsed] = field(default_factory=list)
+    done: list[Msg] = field(default_factory=list)
+
+
+def _pending(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_pending)
+    except Exception:  # noqa: BLE001 - not a JetStream message
+        return 0
+
+
 class Integrator:
     """Consumes the provgraph stream into ``store`` (see the module docstring)."""
 
@@ -199,46 +218,72 @@ class Integrator:
         self.fetch_timeout = fetch_timeout
         self.mode = "transaction" if isinstance(store, RemoteStore) else settings.integrator_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-commit")
+        self._parse_executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-parse")
         self._backoff = 0.0
+        self._last_info = 0.0
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the fetch in progress is committed and acked first."""
+        """Consume until ``stop`` is set; what was fetched is committed and acked first."""
         require("nats", "nats")
-        import nats.errors
 
         if not self.url:
             raise TransportError("the integrator needs nats_url (PROVGRAPH_NATS_URL)")
         nc = await jetstream.connect(self.settings, url=self.url)
+        committer: asyncio.Task[None] | None = None
+        queue: asyncio.Queue[_Fetched | None] = asyncio.Queue(maxsize=1)
         try:
             js = nc.jetstream(timeout=max(5.0, self.settings.publish_timeout))
             await jetstream.ensure_layout(js, self.settings)
             sub = await js.pull_subscribe_bind(durable=self.settings.nats_consumer,
                                                stream=self.settings.nats_stream)
+            committer = asyncio.create_task(self._commit_loop(queue))
             self.connected.set()
             log.info("integrator: consuming %s/%s from %s", self.settings.nats_stream,
                      self.settings.nats_consumer, self.url)
-            last_info = 0.0
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(self.fetch, timeout=self.fetch_timeout)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if time.monotonic() - last_info > 2.0:
-                        last_info = time.monotonic()
-                        await self._refresh_lag(sub)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - connection trouble: nats-py reconnects
-                    log.warning("integrator: fetch failed (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                await self.process(js, msgs)
+            # stage 1 (here): fetch, parse, dead-letter; stage 2 (committer): commit, ack.
+            # Parsing fetch k+1 overlaps committing fetch k.
+            while not stop.is_set() and not committer.done():
+                msgs = await self._fetch(sub)
+                if msgs:
+                    await queue.put(await self._prepare(js, msgs))
         finally:
             self.connected.clear()
+            if committer is not None and not committer.done():
+                await queue.put(None)
+                await committer
             try:
                 await nc.close()
             except Exception:
                 log.debug("integrator: close failed", exc_info=True)
             self._executor.shutdown(wait=True)
+            self._parse_executor.shutdown(wait=True)
+
+    async def _fetch(self, sub: Any) -> list[Msg]:
+        """Up to ``integrator_fetch`` messages; keeps fetching (up to :data:`COMMIT_MAX_BYTES`)
+        while the consumer reports more pending, so a backlog is committed in big loads."""
+        import nats.errors
+
+        try:
+            msgs: list[Msg] = await sub.fetch(self.fetch, timeout=self.fetch_timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            if time.monotonic() - self._last_info > 2.0:
+                self._last_info = time.monotonic()
+                await self._refresh_lag(sub)
+            return []
+        except Exception as exc:  # noqa: BLE001 - connection trouble: nats-py reconnects
+            log.warning("integrator: fetch failed (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+            return []
+        size = sum(len(m.data) for m in msgs)
+        while len(msgs) < self.fetch and size < COMMIT_MAX_BYTES and _pending(msgs[-1]) > 0:
+            try:
+                more: list[Msg] = await sub.fetch(self.fetch - len(msgs), timeout=0.25)
+            except Exception:  # noqa: BLE001 - nothing more right now: commit what we have
+                break
+            msgs.extend(more)
+            size += sum(len(m.data) for m in more)
+        return msgs
 
     async def _refresh_lag(self, sub: Any) -> None:
         try:
@@ -249,14 +294,12 @@ class Integrator:
             log.debug("integrator: consumer_info failed", exc_info=True)
 
     async def process(self, js: Any, msgs: list[Msg]) -> None:
-        """Parse, dead-letter, commit and ack one fetch."""
-        keepalive = asyncio.create_task(self._in_progress(msgs))
-        try:
-            await self._process(js, msgs)
-        finally:
-            keepalive.cancel()
+        """Parse, dead-letter, commit and ack one fetch (both stages, one after the other)."""
+        await self._commit(await self._prepare(js, msgs))
 
-    async def _process(self, js: Any, msgs: list[Msg]) -> None:
+    async def _prepare(self, js: Any, msgs: list[Msg]) -> _Fetched:
+        """Stage 1: parse every message; dead-letter the ones that cannot be parsed."""
+        fetched = _Fetched(keepalive=asyncio.create_task(self._in_progress(msgs)))
         m = self.metrics
         m.inc("received_messages", len(msgs))
         items: list[tuple[bytes, str | None, str]] = []
@@ -276,20 +319,35 @@ class Integrator:
         keep = self.mode != "bulk"
         loop = asyncio.get_running_loop()
         parsed: list[Parsed] = await loop.run_in_executor(
-            self._executor, lambda: [parse_message(d, c, g, keep_quads=keep) for d, c, g in items])
-        good: list[Msg] = []
-        good_parsed: list[Parsed] = []
-        done: list[Msg] = []
+            self._parse_executor, lambda: [parse_message(d, c, g, keep_quads=keep) for d, c, g in items])
         for msg, p in zip(msgs, parsed, strict=True):
             if p.error is None:
-                good.append(msg)
-                good_parsed.append(p)
+                fetched.good.append(msg)
+                fetched.parsed.append(p)
             elif await self._dead_letter(js, msg, p.error):
-                done.append(msg)
+                fetched.done.append(msg)
+        return fetched
+
+    async def _commit_loop(self, queue: asyncio.Queue[_Fetched | None]) -> None:
+        while True:
+            fetched = await queue.get()
+            if fetched is None:
+                return
+            try:
+                await self._commit(fetched)
+            except Exception:
+                log.exception("integrator: unexpected error while committing")
+
+    async def _commit(self, fetched: _Fetched) -> None:
+        """Stage 2: commit the parsed messages of one fetch, then ack them (and the dead letters)."""
+        m = self.metrics
+        good = fetched.good
+        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            triples = await loop.run_in_executor(self._executor, commit, self.store, good_parsed, self.mode)
+            triples = await loop.run_in_executor(self._executor, commit, self.store, fetched.parsed, self.mode)
         except Exception as exc:  # noqa: BLE001 - store down, disk full, lock...: redeliver later
+            fetched.keepalive.cancel()
             m.inc("commit_failures")
             self._backoff = min(30.0, max(0.5, self._backoff * 2))
             log.error("integrator: commit of %d messages failed (%s); not acked, retrying in %.1fs",
@@ -299,16 +357,17 @@ class Integrator:
                     await msg.nak(delay=self._backoff)
                 except Exception:  # noqa: BLE001
                     pass
-            await self._ack(done)
+            await self._ack(fetched.done)
             await asyncio.sleep(self._backoff)
             return
+        fetched.keepalive.cancel()
         self._backoff = 0.0
         if good:
             m.observe_commit(time.perf_counter() - t0)
             m.inc("commits")
             m.inc("committed_batches", len(good))
             m.inc("committed_triples", triples)
-        await self._ack(good + done)
+        await self._ack(good + fetched.done)
 
     async def _in_progress(self, msgs: list[Msg]) -> None:
         """While a commit runs, tell JetStream every third of the ack wait that it is in
