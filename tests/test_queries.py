@@ -188,7 +188,8 @@ def test_hyperparameters_vs_telemetry(campaign: dict[str, Any]) -> None:
     assert lrs == set(provdag.LEARNING_RATES)  # the failed task was measured too
     assert {r["phase"] for r in table} >= {"start", "end"}
     assert all(int(r["memoryRss"]) > 0 for r in table)
-    assert all(float(r["cpuPercent"]) >= 0 for r in table)
+    assert all(float(r["cpuPercent"]) >= 0 and float(r["cpuTimeUser"]) > 0 for r in table)
+    assert all(r["sampledAt"] for r in table)
 
 
 def test_lineage_chain_of_a_file(campaign: dict[str, Any]) -> None:
