@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ async def _to_nats(settings: Any, url: str, files: list[Path]) -> int:
     nc = await jetstream.connect(settings, url=url)
     try:
         js = nc.jetstream(timeout=settings.publish_timeout)
+        try:  # a publisher may lack the right to manage streams; then the stream must exist already
+            await jetstream.ensure_layout(js, settings, consumer=False)
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("provgraph.replay").info("could not ensure the stream: %s", exc)
         total = 0
         for f in files:
             count, end = await publish_file(js, settings, f, max_payload=nc.max_payload,

@@ -456,12 +456,10 @@ class NatsTransport(Transport):
         self._closing = True
         with self._lock:
             self._journal.close(1.0)
-        nc = self._nc
-        if nc is not None:
-            try:
-                self._submit(nc.close()).result(2.0)
-            except Exception:
-                log.debug("provgraph: NATS close failed", exc_info=True)
+        try:
+            self._submit(self._shutdown()).result(3.0)
+        except Exception:
+            log.debug("provgraph: NATS close failed", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(2.0)
         left = self._own_files()
@@ -469,6 +467,20 @@ class NatsTransport(Transport):
             log.warning("provgraph: %d journal file(s) not yet sent to NATS are kept in %s; "
                         "run `provgraph replay` to send them", len(left), self.journal_dir)
         return not left
+
+    async def _shutdown(self) -> None:
+        """Close the connection and cancel this loop's other tasks (reconnects, replays)."""
+        nc = self._nc
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 2.0)
+            except Exception:
+                log.debug("provgraph: NATS close failed", exc_info=True)
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's loop thread and socket are not ours; start afresh."""

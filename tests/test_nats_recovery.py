@@ -1,0 +1,142 @@
+"""Recovery paths: a journal left at exit and `provgraph replay`; a store that is down
+(nothing acked, redelivered once it is back)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyoxigraph as ox
+
+import provgraph
+from provgraph.natsserver import NatsServer, free_port
+from provgraph.remote import RemoteStore
+from provgraph.settings import load_settings
+from provgraph.store import Store
+from provgraph.transports.base import Batch
+from provgraph.transports.journal import JournalTransport, journal_files
+from provgraph.transports.nats import NatsTransport
+from tests.support.nats import env_for, read_stream, running_integrator, wait_for
+from tests.support.servers import venv_binary
+
+
+def _batches(n_tasks: int, batch_size: int = 100) -> list[Batch]:
+    memory = provgraph.MemoryTransport()
+    provgraph.configure(transport=memory, batch_size=batch_size, queue_size=n_tasks + 1000, flush_interval=60)
+
+    @provgraph.task
+    def t(a: int) -> int:
+        return a
+
+    with provgraph.workflow("recovery", run_id="recovery-run"):
+        for i in range(n_tasks):
+            t(i)
+    assert provgraph.flush(30)
+    provgraph.shutdown(10)
+    return list(memory.batches)
+
+
+def test_nats_down_at_exit_leaves_a_journal_that_replay_sends(tmp_path: Path) -> None:
+    batches = _batches(500)
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d", publish_timeout=1.0)
+    t0 = time.monotonic()
+    transport = NatsTransport(settings, connect_wait=0.2)  # NATS is not there: nothing blocks
+    for b in batches:
+        transport.publish(b)
+    assert transport.spilling()
+    assert transport.close(0.5) is False  # not delivered: kept
+    assert time.monotonic() - t0 < 5
+    files = journal_files(settings.journal_dir)
+    assert files and transport.stats.spilled_batches == len(batches)
+    # a torn tail (a writer killed mid-batch) is kept aside, never half-sent
+    torn = JournalTransport(settings.journal_dir, prefix="spill")
+    torn.publish(batches[0])
+    torn.close(1)
+    assert torn.path is not None
+    with open(torn.path, "ab") as fh:
+        fh.write(b"#pgbatch deadbeef 999 3 application/trig\n@prefix")
+    with server:
+        # this test process wrote the files and is alive: replay skips them unless forced
+        skipped = subprocess.run([sys.executable, "-m", "provgraph", "replay"], capture_output=True, timeout=60,
+                                 env=env_for(tmp_path / "d", server.url))
+        assert skipped.returncode == 0 and "still running" in skipped.stdout.decode()
+        assert len(journal_files(settings.journal_dir)) == 2
+        out = subprocess.run([sys.executable, "-m", "provgraph", "replay", "--force"], capture_output=True,
+                             timeout=60, env=env_for(tmp_path / "d", server.url))
+        assert out.returncode == 0, out.stderr.decode()
+        assert f"replayed {len(batches) + 1} batches" in out.stdout.decode()
+        assert journal_files(settings.journal_dir) == []
+        assert [p.suffix for p in settings.journal_dir.iterdir()] == [".torn"]
+        msgs = read_stream(server.url, settings.nats_stream)
+        sent = ox.Store()
+        for m in msgs:
+            sent.load(m.data, format=ox.RdfFormat.TRIG)
+        expected = ox.Store()
+        for b in batches:
+            expected.load(b.data, format=ox.RdfFormat.TRIG)
+        assert len(sent) == len(expected) and all(q in sent for q in expected)
+        # the copy of batches[0] in the second file reused its Nats-Msg-Id: JetStream dropped it
+        assert len(msgs) == len(batches)
+
+
+def test_replay_to_store_loads_and_deletes(tmp_path: Path) -> None:
+    batches = _batches(200)
+    journal = JournalTransport(tmp_path / "j", prefix="spill")
+    for b in batches:
+        journal.publish(b)
+    journal.close(1)
+    out = subprocess.run([sys.executable, "-m", "provgraph", "replay", str(tmp_path / "j"), "--to-store", "--force"],
+                         capture_output=True, timeout=60, env=env_for(tmp_path / "d", None))
+    assert out.returncode == 0, out.stderr.decode()
+    assert journal_files(tmp_path / "j") == []
+    store = Store(tmp_path / "d" / "store", read_only=True)
+    expected = ox.Store()
+    for b in batches:
+        expected.load(b.data, format=ox.RdfFormat.TRIG)
+    assert len(store) == len(expected)
+
+
+def test_store_down_nothing_acked_then_redelivered(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with NatsServer(tmp_path / "nats") as server:
+        settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d", nats_ack_wait=2.0)
+        store = RemoteStore(url, timeout=2.0)
+        batches = _batches(60, batch_size=20)
+        with running_integrator(settings, store) as integrator:
+            transport = NatsTransport(settings)
+            for b in batches:
+                transport.publish(b)
+            assert transport.flush(10)
+            transport.close(5)
+            wait_for(lambda: integrator.metrics.counters["commit_failures"] >= 2, 30, "failed commits")
+            assert integrator.metrics.counters["committed_batches"] == 0
+            oxigraph = subprocess.Popen([venv_binary("oxigraph"), "serve", "--location", str(tmp_path / "ox"),
+                                         "--bind", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: _up(url), 30, "the Oxigraph server")
+                wait_for(lambda: integrator.metrics.counters["committed_batches"] >= len(batches), 60,
+                         "redelivered batches to be committed")
+                assert integrator.metrics.counters["redelivered_messages"] >= len(batches)
+                assert integrator.metrics.counters["dead_lettered_messages"] == 0
+                expected = ox.Store()
+                for b in batches:
+                    expected.load(b.data, format=ox.RdfFormat.TRIG)
+                assert len(store) == len(expected)
+                assert integrator.thread.is_alive()
+            finally:
+                oxigraph.kill()
+                oxigraph.wait(10)
+
+
+def _up(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/query?query=ASK%7B%7D", timeout=1).read()
+        return True
+    except OSError:
+        return False
