@@ -203,14 +203,14 @@ def to_prov(quads: Iterable[ox.Quad], *, bundles: dict[str, list[ox.Quad]] | Non
     from rdflib import Dataset, URIRef
 
     quads = list(quads)
-    triples = [ox.Triple(q.subject, q.predicate, q.object) for q in quads]
+    triples = [ox.Triple(q.subject, q.predicate, _for_prov(q.object)) for q in quads]
     data = ox.serialize(triples, format=ox.RdfFormat.N_TRIPLES) or b""
     ds = Dataset(default_union=True)
     ds.namespace_manager = _namespace_manager(ds, quads, bundles)
     ds.default_graph.parse(data=data, format="nt")
     for iri, bq in (bundles or {}).items():
         g = ds.graph(URIRef(iri))
-        g.parse(data=ox.serialize([ox.Triple(q.subject, q.predicate, q.object) for q in bq],
+        g.parse(data=ox.serialize([ox.Triple(q.subject, q.predicate, _for_prov(q.object)) for q in bq],
                                   format=ox.RdfFormat.N_TRIPLES) or b"", format="nt")
     from prov.model import ProvDocument
 
@@ -224,6 +224,31 @@ def to_prov(quads: Iterable[ox.Quad], *, bundles: dict[str, list[ox.Quad]] | Non
             f"these statements cannot be written as a PROV document ({type(exc).__name__}: {exc}); "
             "export them as RDF instead (--format trig, nquads or turtle)") from exc
     return doc
+
+
+_XSD_INTEGER = ox.NamedNode("http://www.w3.org/2001/XMLSchema#integer")
+_XSD_INT = ox.NamedNode("http://www.w3.org/2001/XMLSchema#int")
+_XSD_LONG = ox.NamedNode("http://www.w3.org/2001/XMLSchema#long")
+
+
+def _for_prov(term: Any) -> Any:
+    """Integers as ``prov`` writes Python ints (``xsd:int`` / ``xsd:long`` by size).
+
+    Oxigraph keeps literal values, not lexical forms: every integer type comes back as
+    ``xsd:integer`` (oxigraph#526). ``prov`` turns ``xsd:int``/``xsd:long`` of a fitting
+    size into a plain Python ``int`` — a JSON number in PROV-JSON — and keeps
+    ``xsd:integer`` as a typed literal. Plain numbers are what PROV-JSON writers and
+    provgraph's own capture mean, so integers are handed to ``prov`` that way."""
+    if isinstance(term, ox.Literal) and term.datatype == _XSD_INTEGER:
+        try:
+            n = int(term.value)
+        except ValueError:
+            return term
+        if -(2 ** 31) <= n < 2 ** 31:
+            return ox.Literal(term.value, datatype=_XSD_INT)
+        if -(2 ** 63) <= n < 2 ** 63:
+            return ox.Literal(term.value, datatype=_XSD_LONG)
+    return term
 
 
 def _namespace_manager(ds: Any, quads: list[ox.Quad], bundles: dict[str, list[ox.Quad]] | None) -> Any:

@@ -150,20 +150,25 @@ def test_every_prov_json_document_round_trips() -> None:
     assert len(exact) + len(by_value) + len(scruffy) == len(JSON_DOCS)
     # the figures docs/interchange.md reports; a change here needs a look at why
     if prov.__version__ == "3.2.3":
-        assert (len(exact), len(by_value), len(scruffy)) == (254, 116, 28)
+        assert (len(exact), len(by_value), len(scruffy)) == (290, 80, 28)
     assert len(exact) > len(by_value) + len(scruffy)
     assert all(name.startswith("scruffy-") for name in scruffy)
 
 
 def test_value_normalization_is_the_only_difference() -> None:
-    """The documents compared by value differ only by datatype/lexical form."""
-    doc = read_prov((PROV_TESTS / "json" / "attr_entity_one_attr3.json").read_text())
+    """The documents compared by value differ only by datatype/lexical form: Oxigraph
+    stores "10"^^xsd:byte as "10"^^xsd:integer; plain integers come back as they were."""
+    source = PROV_TESTS / "json" / "attr_entity_one_attr11.json"
+    doc = read_prov(source.read_text())
     store = provgraph.Store()
-    graph = interchange.import_document(store, (PROV_TESTS / "json" / "attr_entity_one_attr3.json").read_bytes(),
-                                        "prov-json")
+    graph = interchange.import_document(store, source.read_bytes(), "prov-json")
     back = read_prov(interchange.export(store, "prov-json", graph=graph))
     assert back != doc and records(back) == records(doc)
-    assert '"1"^^<http://www.w3.org/2001/XMLSchema#integer>' in store.dump("nquads").decode()
+    assert '"10"^^<http://www.w3.org/2001/XMLSchema#integer>' in store.dump("nquads").decode()
+    plain = PROV_TESTS / "json" / "attr_entity_one_attr3.json"  # prov:type=1, a JSON number
+    store = provgraph.Store()
+    graph = interchange.import_document(store, plain.read_bytes(), "prov-json")
+    assert read_prov(interchange.export(store, "prov-json", graph=graph)) == read_prov(plain.read_text())
 
 
 def test_importing_twice_is_harmless() -> None:
