@@ -42,6 +42,7 @@ images a microscope logs link to the analysis that reads the same files.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -326,7 +327,8 @@ class LogInterpreter:
         self._orphan_logged = False
 
     def state(self) -> dict[str, Any] | None:
-        return None if self.open is None else dict(self.open)
+        """The open task as JSON-ready data (a copy), None when no task is open."""
+        return None if self.open is None else dict(json.loads(json.dumps(self.open)))
 
     def restore(self, state: dict[str, Any] | None) -> None:
         self.open = None if state is None else dict(state)
@@ -454,14 +456,15 @@ class LogFileObserver:
 
     * only complete lines are read; a partial last line waits for its newline;
     * rotation (the path now names another file): the old file is read to its end first,
-      then the new one from its start; truncation (the file shrank): read from the start;
+      then every file rotated after it, then the new one from its start; truncation or
+      rewrite (the file shrank, or its first bytes changed): read from the start;
     * the position (inode + byte offset), the workflow run and the task still open are
       checkpointed under ``data_dir/observers/`` after the emitter flushed, so a restart
       resumes exactly there (also after a rotation that happened while it was down,
       when the rotated file is found next to the log as ``NAME.*``).
 
-    Task IDs are hashes of the workflow name, the file's path and inode, the byte offset and the text of the
-    start line: re-reading a line after a crash gives the same IRIs.
+    Task IDs are hashes of the workflow name, the file's path and inode, the byte offset
+    and the text of the start line: re-reading a line after a crash gives the same IRIs.
 
     :param path: the log file; it need not exist yet.
     :param patterns: a :class:`PatternSet` (:func:`load_patterns`).
@@ -593,21 +596,29 @@ class LogFileObserver:
             self._offset, self._head = 0, b""
         return self._read(to_end=False)
 
+    def _position(self) -> tuple[int | None, int, bytes]:
+        """``(inode, offset, head)`` of the last line interpreted: in memory once this
+        process has read a file (open or finished), else from the checkpoint."""
+        if self._ino is not None:
+            return self._ino, self._offset, self._head
+        return self._cp_inode, self._cp_offset, self._cp_head
+
     def _resume(self, st: os.stat_result) -> int:
-        """First open in this process: continue where the checkpoint left off."""
-        if self._cp_inode is not None and self._cp_inode != st.st_ino:
-            return self._catch_up(self._cp_inode, self._cp_offset, st) + self._read(to_end=False)
+        """No file open (first poll, or the log was gone): continue from the position."""
+        ino, offset, head = self._position()
+        if ino is not None and ino != st.st_ino:
+            return self._catch_up(ino, offset, st, head) + self._read(to_end=False)
         if not self._open_inode(st.st_ino, 0, self.path):
             return 0  # deleted between stat and open: the next poll looks again
         assert self._fh is not None
-        if self._cp_inode == st.st_ino:
-            if self._rewritten(self._fh, self._cp_offset, self._cp_head):
+        if ino == st.st_ino:
+            if self._rewritten(self._fh, offset, head):
                 self.stats["truncations"] += 1
             else:
-                self._offset, self._head = self._cp_offset, self._cp_head
+                self._offset, self._head = offset, head
         return self._read(to_end=False)
 
-    def _catch_up(self, old_ino: int, offset: int | None, st: os.stat_result | None) -> int:
+    def _catch_up(self, old_ino: int, offset: int | None, st: os.stat_result | None, head: bytes = b"") -> int:
         """The file at ``old_ino`` was rotated away: read it to its end (from ``offset``,
         or from where this process was), then every file rotated after it (``NAME.*``,
         oldest first), then open the new file at ``st``.
@@ -622,10 +633,10 @@ class LogFileObserver:
         elif self._open_inode(old_ino, offset):
             assert self._fh is not None
             old_mtime = os.fstat(self._fh.fileno()).st_mtime_ns
-            if self._rewritten(self._fh, offset, self._cp_head):
+            if self._rewritten(self._fh, offset, head):
                 self._offset, self._head = 0, b""
             else:
-                self._head = self._cp_head
+                self._head = head
         else:
             self.stats["missed_rotations"] += 1
             log.warning("provgraph log observer: %s was rotated while the observer was stopped and the old "
@@ -638,8 +649,8 @@ class LogFileObserver:
             for path, ino in self._rotated_after(old_mtime, {old_ino, current}):
                 if self._open_inode(ino, 0, path):
                     n += self._finish_file()
-        if st is not None and not self._open_inode(st.st_ino, 0, self.path):
-            self._cp_inode = None  # already gone again: the next poll starts with what the path names then
+        if st is not None:
+            self._open_inode(st.st_ino, 0, self.path)  # gone again: the next poll starts from the position
         return n
 
     def _open_inode(self, ino: int, offset: int, first: Path | None = None) -> bool:
@@ -678,7 +689,8 @@ class LogFileObserver:
         self._fh.close()
         self._fh = None
         self.stats["rotations"] += 1
-        self._done = [*self._done[-15:], self._ino]
+        if self._ino not in self._done:
+            self._done = [*self._done[-15:], self._ino]
         return n
 
     def _siblings(self) -> list[tuple[Path, int, int]]:
@@ -763,18 +775,15 @@ class LogFileObserver:
                 raise ProvgraphError(f"provgraph log observer: {self._pending} records of {self.path} were not "
                                      f"delivered in {self.flush_timeout:g} s; not checkpointed")
             self._pending = 0
-        state: dict[str, Any] = {"version": _CHECKPOINT_VERSION, "path": str(self.path),
-                                 "workflow": self.patterns.workflow,
-                 "inode": self._ino if self._fh is not None else self._cp_inode,
-                 "offset": self._offset if self._fh is not None else self._cp_offset,
-                 "head": (self._head if self._fh is not None else self._cp_head).hex(), "done": self._done,
-                 "run": self._run_state, "open": self.interpreter.state(),
-                 "stats": self.interpreter.stats}
+        ino, offset, head = self._position()
+        state: dict[str, Any] = {
+            "version": _CHECKPOINT_VERSION, "path": str(self.path), "workflow": self.patterns.workflow,
+            "inode": ino, "offset": offset, "head": head.hex(), "done": list(self._done),
+            "run": None if self._run_state is None else dict(self._run_state), "open": self.interpreter.state(),
+            "stats": dict(self.interpreter.stats)}
         if state != self._saved:
             self.checkpoint.save(state)
             self._saved = state
-            self._cp_inode, self._cp_offset = state["inode"], state["offset"]
-            self._cp_head = bytes.fromhex(state["head"])
 
 
 # -- in-process handler -------------------------------------------------------------------

@@ -428,3 +428,33 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError, match=f"checkpoint {path} is corrupt"):
         logs.LogFileObserver(log_file, patterns)
+
+
+def test_task_spanning_a_rotation_with_a_gap_before_the_new_file(tmp_path: Path) -> None:
+    """logrotate without ``create``: the log is renamed, and appears again only with the
+    program's next line. The open task survives, nothing is read twice."""
+    log_file = tmp_path / "microscope.log"
+    frames = [tmp_path / f"frame_{i}.npz" for i in range(3)]
+    for i, frame in enumerate(frames):
+        frame.write_bytes(bytes([i]) * 64)
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
+
+    def line(text: str) -> str:
+        return f"{stamp} INFO microscope: {text}\n"
+
+    with capture() as cap:
+        observer = logs.LogFileObserver(log_file, logs.load_patterns(PATTERNS), emitter=provgraph.get_emitter())
+        log_file.write_text(line("acquisition started sample=S exposure_ms=1 magnification=2 frames=3 seed=51")
+                            + line(f"wrote image {frames[0]} frame=0"))
+        assert observer.poll_once() == 2
+        with open(log_file, "a") as fh:
+            fh.write(line(f"wrote image {frames[1]} frame=1"))
+        log_file.rename(tmp_path / "microscope.log.1")
+        assert observer.poll_once() == 1  # the rest of the renamed file; no log file now
+        assert observer.poll_once() == 0
+        log_file.write_text(line(f"wrote image {frames[2]} frame=2") + line("acquisition finished frames=3"))
+        assert observer.poll_once() == 2
+        tasks = acquisitions(cap.tasks())
+    assert [t["status"] for t in tasks] == ["finished"]
+    assert tasks[0]["outputs"] == {f"image[{i}]": hash_bytes(f.read_bytes()) for i, f in enumerate(frames)}
+    assert observer.interpreter.stats["lines"] == 5
