@@ -9,6 +9,9 @@ Two figures, both interleaved with the undecorated function in one run, medians:
 
     python benchmarks/capture_overhead.py [--n 100000] [--transport store journal nats]
 
+``nats`` without ``--nats-url`` / ``PROVGRAPH_NATS_URL`` starts ``provgraph serve`` (a local
+nats-server with JetStream and the integrator) in a child process for the run.
+
 Writes benchmarks/results/capture_overhead.json.
 """
 
@@ -67,6 +70,30 @@ def full_cost(decorated: Any, n: int) -> tuple[float, float, bool]:
     return (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6, ok
 
 
+class LocalPipeline:
+    """``provgraph serve --no-http`` (local nats-server + integrator) in a child process."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.data = Path(tempfile.mkdtemp(prefix="pg-bench-serve-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVGRAPH_")}
+        env["PROVGRAPH_DATA_DIR"] = str(self.data)
+        self.proc = subprocess.Popen([sys.executable, "-m", "provgraph", "serve", "--no-http"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not (self.data / "serve.json").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("provgraph serve did not start (is provgraph[nats] installed?)")
+            time.sleep(0.05)
+        self.url = str(json.loads((self.data / "serve.json").read_text())["nats_url"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 def measure(transport: str, n: int, repeats: int, nats_url: str | None) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="pg-bench-")
     overrides: dict[str, Any] = {"data_dir": data, "queue_size": max(n * 2, 1000), "transport": transport,
@@ -114,7 +141,13 @@ def main() -> int:
     ap.add_argument("--transport", nargs="+", default=["store", "journal"])
     ap.add_argument("--nats-url", default=os.environ.get("PROVGRAPH_NATS_URL"))
     args = ap.parse_args()
-    results = [measure(t, args.n, args.repeats, args.nats_url) for t in args.transport]
+    pipeline = LocalPipeline() if "nats" in args.transport and not args.nats_url else None
+    try:
+        url = args.nats_url or (pipeline.url if pipeline else None)
+        results = [measure(t, args.n, args.repeats, url) for t in args.transport]
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
     print(f"capture overhead, trivial 2-argument function, N={args.n}, {args.repeats} repeats (medians)")
     print(f"{'transport':<10} {'plain µs':>9} {'(a) hot path +µs':>17} {'(b) full cost +µs':>18} "
           f"{'triples/call':>13} {'dropped':>8}")
