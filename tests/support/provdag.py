@@ -79,9 +79,10 @@ def nquads(n_tasks: int, *, seed: int = 7, run_length: int = 20, cross: float = 
                 f"<{s}> {RDF_TYPE} <{PROV}Entity> {g} .\n<{s}> {RDF_TYPE} <{PG}DataArtifact> {g} .\n"
                 f"<{param(i)}> {RDF_TYPE} <{PROV}Entity> {g} .\n"
                 f"<{param(i)}> <{PROV}value> \"{(i % 7) / 10}\"^^<{XSD}double> {g} .\n")
-        else:
-            g = f"<{BASE}graph/r{int(s.split('/t')[-1].split('/')[0].split(';a')[-1]) // run_length}>" \
-                if "/task/t" in s else f"<{BASE}graph/misc>"
+        elif s.startswith(f"{BASE}task/t"):  # a task's relation: in its run's graph
+            g = f"<{BASE}graph/r{int(s.rsplit('/t', 1)[1]) // run_length}>"
+        else:  # an artifact's derivation
+            g = f"<{BASE}graph/misc>"
         lines.append(f"<{s}> {_PRED[rel]} <{o}> {g} .\n")
         if len(lines) >= chunk:
             yield "".join(lines).encode()
