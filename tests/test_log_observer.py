@@ -340,6 +340,8 @@ def test_cli_reports_bad_patterns_and_counts(tmp_path: Path, capsys: pytest.Capt
     assert "pattern 'start': invalid regex" in capsys.readouterr().err
     assert cli_main(["observe", "log", "x.log", "--patterns", str(tmp_path / "missing.toml"), "--once"]) == 2
     assert "missing.toml does not exist" in capsys.readouterr().err
+    assert cli_main(["observe", "log", "x.log", "--patterns", str(PATTERNS), "--interval", "-1"]) == 2
+    assert "--interval must be a positive number of seconds" in capsys.readouterr().err
 
     log_file = tmp_path / "microscope.log"
     microscope(tmp_path / "frames", log_file, frames=2, seed=41)

@@ -17,6 +17,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from . import settings_from_args
 
 if TYPE_CHECKING:
@@ -62,9 +63,15 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _check_interval(args: argparse.Namespace) -> None:
+    if not args.interval > 0:
+        raise ConfigError(f"--interval must be a positive number of seconds (got {args.interval:g})")
+
+
 def run_mlflow(args: argparse.Namespace) -> int:
     from ..adapters.mlflow import MlflowObserver
 
+    _check_interval(args)
     settings = settings_from_args(args)
     observer = MlflowObserver(args.tracking_uri, settings=settings, poll_interval=args.interval,
                               experiments=args.experiment)
@@ -92,6 +99,7 @@ def _log_summary(observer: LogFileObserver) -> str:
 def run_log(args: argparse.Namespace) -> int:
     from ..adapters.logs import LogFileObserver, load_patterns
 
+    _check_interval(args)
     settings = settings_from_args(args)
     observer = LogFileObserver(args.file, load_patterns(args.patterns), settings=settings,
                                poll_interval=args.interval)
