@@ -91,11 +91,20 @@ def test_microscope_log_becomes_one_activity_per_acquisition(tmp_path: Path) -> 
     microscope(tmp_path / "run2", log_file, frames=3, seed=2, exposure_ms=50.0)  # appends to the same log
     first_line = log_file.read_text().splitlines()[0]
 
+    @provgraph.task
+    def denoise(frame: Path) -> int:  # an analysis that knows nothing of the microscope's log
+        return len(frame.read_bytes())
+
     with capture() as cap:
         observer = logs.LogFileObserver(log_file, logs.load_patterns(PATTERNS), emitter=provgraph.get_emitter())
         assert observer.poll_once() == 2 * 2 + 4 + 3
         assert observer.poll_once() == 0
+        denoise(tmp_path / "run2" / "frame_001.npz")
         tasks = acquisitions(cap.tasks())
+        lineage = cap.sparql("""SELECT ?seed ?name WHERE { ?a rdfs:label "acquire" ; prov:used ?s .
+            ?s pg:parameterName "seed" ; prov:value ?seed . ?image prov:wasGeneratedBy ?a ;
+            prov:qualifiedGeneration ?g . ?g prov:activity ?a ; pg:parameterName ?name .
+            ?d rdfs:label "denoise" ; prov:used ?image }""")
         runs = cap.sparql("""SELECT ?run ?label ?campaign ?start WHERE { ?t a pg:Task ; pg:inWorkflowRun ?run .
             ?run rdfs:label ?label ; pg:inCampaign ?c ; prov:startedAtTime ?start ; pg:sourceTool "log" .
             ?c rdfs:label ?campaign }""")
@@ -109,6 +118,7 @@ def test_microscope_log_becomes_one_activity_per_acquisition(tmp_path: Path) -> 
     assert tasks[0]["outputs"] == images(tmp_path / "run1")
     assert tasks[1]["outputs"] == images(tmp_path / "run2")
     assert len(set(tasks[0]["outputs"].values()) | set(tasks[1]["outputs"].values())) == 7
+    assert lineage == [{"seed": "2", "name": "image[1]"}]  # the analysis used the very image acquired
     assert {(r["label"], r["campaign"]) for r in runs} == {("microscope-acquisition", "mida")}
     # times are the log lines' own timestamps (local time), not when the observer read them
     logged = datetime.strptime(first_line[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone()
