@@ -55,7 +55,7 @@ def test_list_shows_names_purposes_and_parameters(capsys: pytest.CaptureFixture[
     for name in ("upstream", "downstream", "cross_workflow", "run_timeline", "failed_tasks", "top_k_models",
                  "hyperparams_vs_kpis", "hyperparams_vs_telemetry"):
         assert f"\n{name}: " in "\n" + out
-    assert "--param k (integer, default 5)" in out
+    assert "--param k (integer, default 5)" in out and "--param order (string, default desc)" in out
     assert "--param node (iri) the entity or activity to start from" in out
     assert "--param workflow (string, optional)" in out
 

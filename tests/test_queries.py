@@ -90,7 +90,8 @@ def _sample(ptype: str) -> Any:
 def test_packaged_library_matches_the_checkout() -> None:
     assert queries.library_dir() == ROOT / "queries"
     top = queries.load_query("top_k_models")
-    assert [p.name for p in top.params] == ["metric", "model", "k"]
+    assert [p.name for p in top.params] == ["metric", "k", "order", "model"]
+    assert top.param("order").default == "desc" and top.param("model").optional
     k = top.param("k")
     assert k.default == "5" and k.optional and k.type == "integer"
     assert "default 5" in k.describe()
@@ -168,6 +169,12 @@ def test_top_k_models_with_their_lineage(campaign: dict[str, Any]) -> None:
     default_k = run(campaign["store"], "top_k_models", metric="accuracy", model="model")
     assert {r["modelArtifact"] for r in default_k} == set(campaign["model_iri"].values())  # k=5 ≥ 3 models
     assert run(campaign["store"], "top_k_models", metric="loss", model="model", k=1)[0]["score"] == "0.6"
+    # lower is better: the smallest loss first (lr 0.01: loss 0.02, then 0.1: 0.2)
+    low = run(campaign["store"], "top_k_models", metric="loss", k=2, order="asc")
+    assert sorted({(int(r["rank"]), r["modelArtifact"], r["score"]) for r in low}) == [
+        (1, campaign["model_iri"][0.01], "0.02"), (2, campaign["model_iri"][0.1], "0.2")]
+    assert {r["model"] for r in low} == {"model"}  # model unbound: every artifact output, here only "model"
+    assert run(campaign["store"], "top_k_models", metric="loss", k=2, order="ascending") == []
 
 
 def test_hyperparameters_vs_kpis(campaign: dict[str, Any]) -> None:
