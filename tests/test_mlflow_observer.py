@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -258,3 +260,52 @@ def test_ids_and_param_parsing_are_deterministic(tmp_path: Path) -> None:
     assert pg_mlflow.task_id_of(rel, "abc") != pg_mlflow.task_id_of("http://host:5000", "abc")
     assert [pg_mlflow.parse_param(v) for v in ("3", "-0.5", "1e-4", "007", "adam", "nan", "")] == [
         3, -0.5, 1e-4, "007", "adam", "nan", ""]
+
+
+def test_mida_campaign_is_one_lineage_graph(tmp_path: Path) -> None:
+    """The three MIDA workflows, each observed its own way: the microscope's log (log
+    observer), training with ``@provgraph.task``, the unmodified MLflow evaluation
+    (``examples/mida_campaign/evaluate.py``, MLflow observer). Content hashes join them."""
+    from provgraph.adapters.logs import LogFileObserver, load_patterns
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mida_campaign"
+    frames, models, log_file = tmp_path / "frames", tmp_path / "models", tmp_path / "microscope.log"
+    subprocess.run([sys.executable, str(example / "microscope.py"), str(frames), str(log_file), "--frames", "5",
+                    "--size", "20"], check=True, timeout=120, env=clean_env())
+    spec = importlib.util.spec_from_file_location("mida_hpsearch", example / "hpsearch.py")
+    assert spec is not None and spec.loader is not None
+    hpsearch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hpsearch)
+    features, train = provgraph.task(hpsearch.features), provgraph.task(hpsearch.train)
+    models.mkdir()
+    uri = _uri(tmp_path)
+
+    with capture() as cap:
+        emitter = provgraph.get_emitter()
+        LogFileObserver(log_file, load_patterns(example / "microscope_patterns.toml"), emitter=emitter).poll_once()
+        with provgraph.workflow("hyperparameter-search", campaign="mida"):
+            parts = [features(str(f)) for f in sorted(frames.glob("*.npz"))[:2]]
+            summary = [{"lr": lr, "l2": 0.0, "epochs": 5, **train(lr, 0.0, 5, str(models), *parts)}
+                       for lr in (0.01, 0.02)]
+        (models / "summary.json").write_text(json.dumps(summary))
+        evaluation = subprocess.run([sys.executable, str(example / "evaluate.py"), str(models), str(frames),
+                                     "--top", "2"], cwd=tmp_path, env=clean_env(MLFLOW_TRACKING_URI=uri),
+                                    capture_output=True, text=True, timeout=120)
+        assert evaluation.returncode == 0, evaluation.stderr
+        assert pg_mlflow.MlflowObserver(uri, emitter=emitter).poll_once() == 2
+        lineage = cap.sparql("""SELECT DISTINCT ?eval ?frame ?seed WHERE {
+            ?e pg:sourceTool "mlflow" ; rdfs:label ?eval ; prov:used ?model .
+            ?model prov:wasGeneratedBy ?t . ?t rdfs:label "train" ; prov:used ?part .
+            ?part prov:wasGeneratedBy ?f . ?f rdfs:label "features" ; prov:used ?frame .
+            ?frame prov:wasGeneratedBy ?a . ?a rdfs:label "acquire" ; prov:used ?s .
+            ?s pg:parameterName "seed" ; prov:value ?seed }""")
+        evals = {t["label"]: t for t in cap.tasks() if t["label"].startswith("eval-")}
+    frame_ids = {hash_bytes(f.read_bytes()) for f in sorted(frames.glob("*.npz"))[:2]}
+    assert {(r["eval"], r["frame"], r["seed"]) for r in lineage} == {
+        (e, f, "7") for e in ("eval-rank1", "eval-rank2") for f in frame_ids}
+    plots = {hash_bytes(p.read_bytes()) for p in tmp_path.glob("mlruns/**/frame_mse.svg")}
+    assert len(plots) == 2 and {t["outputs"]["artifact:frame_mse.svg"] for t in evals.values()} == plots
+    for t in evals.values():
+        assert set(t["outputs"]) == {"mse", "frame_mse", "frame_mse@0", "frame_mse@1", "frame_mse@2",
+                                     "artifact:frame_mse.svg"}
+        assert t["inputs"]["epochs"] == 5 and t["inputs"]["lr"] in (0.01, 0.02)
