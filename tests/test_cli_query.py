@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,7 @@ def test_lineage_of_a_file(recorded: dict[str, Any], data_dir: Path, capsys: pyt
     assert code == 0 and json.loads(out2) == answer
     code, out, _ = cli(capsys, "lineage", str(report))
     assert code == 0 and out.startswith(f"upstream lineage of {iri_of(report)}") and "complete" in out
+    assert re.search(r"^\s+1  activity\s+\S+/task/\S+  evaluate$", out, re.M)  # tasks show their names
     code, out, _ = cli(capsys, "lineage", str(report), "--depth", "1")
     assert code == 0 and "INCOMPLETE" in out and "frontier" in out
     code, out, _ = cli(capsys, "lineage", str(recorded["raw"]), "--direction", "downstream", "--format", "dot")

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         relations = [*DEFAULT_RELATIONS, *AGENT_RELATIONS] if args.agents else None
         answer = lineage(store, node, args.direction, depth=args.depth, as_of=args.as_of,
                          relations=relations, max_nodes=args.max_nodes or None)
+        labels = labels_of(store, [n["id"] for n in answer["nodes"]]) if args.format == "table" else {}
     except NotFoundError as exc:
         files = [f"{given} is {iri}" for iri, given in names.items() if given != iri and iri in str(exc)]
         if files:  # say which file: its content was never recorded
@@ -88,11 +89,26 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         store.close()
-    _print_lineage(answer, args.format)
+    _print_lineage(answer, args.format, labels)
     return 0
 
 
-def _print_lineage(answer: dict[str, Any], fmt: str) -> None:
+def labels_of(store: Any, nodes: list[str], chunk: int = 500) -> dict[str, str]:
+    """``rdfs:label`` of each node that has one (task names, workflow names ...)."""
+    import pyoxigraph as ox
+
+    out: dict[str, str] = {}
+    named = [n for n in nodes if not n.startswith("_:")]
+    for i in range(0, len(named), chunk):
+        values = " ".join(str(ox.NamedNode(n)) for n in named[i:i + chunk])  # IRIs from the store
+        q = ("SELECT ?n (SAMPLE(?l) AS ?label) WHERE { VALUES ?n { " + values + " } "
+             "?n <http://www.w3.org/2000/01/rdf-schema#label> ?l } GROUP BY ?n")
+        for row in store.query(q):
+            out[row["n"].value] = row["label"].value
+    return out
+
+
+def _print_lineage(answer: dict[str, Any], fmt: str, labels: dict[str, str]) -> None:
     if fmt == "json":
         json.dump(answer, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -106,7 +122,8 @@ def _print_lineage(answer: dict[str, Any], fmt: str) -> None:
     width = max(len(str(n["kind"] or "")) for n in nodes)
     for n in nodes:
         mark = "  (frontier: more beyond)" if n["id"] in answer["frontier"] else ""
-        print(f"{n['depth']:>4}  {n['kind'] or '-'!s:<{width}}  {n['id']}{mark}")
+        label = f"  {labels[n['id']]}" if n["id"] in labels else ""
+        print(f"{n['depth']:>4}  {n['kind'] or '-'!s:<{width}}  {n['id']}{label}{mark}")
     print(f"{len(nodes)} nodes, {len(answer['edges'])} relations; ", end="")
     if answer["complete"]:
         print("complete")
