@@ -154,7 +154,7 @@ def test_lineage_of_a_file(recorded: dict[str, Any], data_dir: Path, capsys: pyt
     assert code == 0 and "INCOMPLETE" in out and "frontier" in out
     code, out, _ = cli(capsys, "lineage", str(recorded["raw"]), "--direction", "downstream", "--format", "dot")
     assert code == 0 and out.startswith("digraph lineage {") and out.rstrip().endswith("}")
-    assert "shape=box" in out and "label=\"used\"" in out
+    assert "shape=box" in out and "label=\"used\"" in out and 'label="preprocess", shape=box' in out
     code, out, _ = cli(capsys, "lineage", iri_of(recorded["raw"]), "--direction", "both", "--max-nodes", "3",
                        "--format", "json")
     assert code == 0 and len(json.loads(out)["nodes"]) == 3 and not json.loads(out)["complete"]

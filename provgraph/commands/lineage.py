@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         relations = [*DEFAULT_RELATIONS, *AGENT_RELATIONS] if args.agents else None
         answer = lineage(store, node, args.direction, depth=args.depth, as_of=args.as_of,
                          relations=relations, max_nodes=args.max_nodes or None)
-        labels = labels_of(store, [n["id"] for n in answer["nodes"]]) if args.format == "table" else {}
+        labels = labels_of(store, [n["id"] for n in answer["nodes"]]) if args.format != "json" else {}
     except NotFoundError as exc:
         files = [f"{given} is {iri}" for iri, given in names.items() if given != iri and iri in str(exc)]
         if files:  # say which file: its content was never recorded
@@ -115,7 +115,7 @@ def _print_lineage(answer: dict[str, Any], fmt: str, labels: dict[str, str]) -> 
         return
     if fmt == "dot":
         sys.stdout.write(to_dot(answer["nodes"], answer["edges"], root=answer["root"],
-                                frontier=set(answer["frontier"])))
+                                frontier=set(answer["frontier"]), labels=labels))
         return
     print(f"{answer['direction']} lineage of {answer['root']}")
     nodes = answer["nodes"]
@@ -150,14 +150,17 @@ def _print_path(answer: dict[str, Any], fmt: str) -> None:
         print(f"  {e['source']}  --{e['relation']}-->  {e['target']}")
 
 
-def to_dot(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], *, root: str, frontier: set[str]) -> str:
+def to_dot(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], *, root: str, frontier: set[str],
+           labels: dict[str, str] | None = None) -> str:
     """Graphviz DOT of a lineage answer: entities as ellipses, activities as boxes
-    (PROV's own drawing convention), edges in PROV direction labelled by relation."""
+    (PROV's own drawing convention), edges in PROV direction labelled by relation;
+    nodes show their ``rdfs:label`` when ``labels`` has one, else a short IRI."""
+    labels = labels or {}
     shapes = {"activity": "box", "entity": "ellipse", "agent": "house"}
     lines = ["digraph lineage {", "  rankdir=BT;", '  node [fontname="Helvetica", fontsize=10];']
     for n in nodes:
-        attrs = [f"label={_dot_str(_short(n['id']))}", f"shape={shapes.get(str(n.get('kind')), 'ellipse')}",
-                 f"tooltip={_dot_str(n['id'])}"]
+        attrs = [f"label={_dot_str(labels.get(n['id']) or _short(n['id']))}",
+                 f"shape={shapes.get(str(n.get('kind')), 'ellipse')}", f"tooltip={_dot_str(n['id'])}"]
         if n["id"] == root:
             attrs.append("penwidth=2")
         if n["id"] in frontier:
