@@ -172,8 +172,9 @@ def test_observer_process_killed_and_restarted(tmp_path: Path) -> None:
     env.update(PROVGRAPH_TRANSPORT="store", PROVGRAPH_FLUSH_INTERVAL="0.05")
     command = [sys.executable, "-m", "provgraph", "--data-dir", str(data_dir), "observe", "log", str(log_file),
                "--patterns", str(PATTERNS)]
+    follower_out = open(tmp_path / "follower.out", "wb")  # a file, not a pipe nobody reads
     follower = subprocess.Popen([*command, "--interval", "0.05"], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=follower_out, stderr=subprocess.STDOUT)
     try:
         microscope(tmp_path / "run1", log_file, frames=5, seed=11)  # the file appears after the observer started
 
@@ -183,7 +184,7 @@ def test_observer_process_killed_and_restarted(tmp_path: Path) -> None:
 
         deadline = time.monotonic() + 60
         while recorded() < 1:
-            assert follower.poll() is None, follower.communicate()[0].decode()
+            assert follower.poll() is None, (tmp_path / "follower.out").read_text()
             assert time.monotonic() < deadline, "the observer recorded nothing"
             time.sleep(0.05)
         follower.send_signal(signal.SIGKILL)
@@ -191,6 +192,8 @@ def test_observer_process_killed_and_restarted(tmp_path: Path) -> None:
     finally:
         if follower.poll() is None:
             follower.kill()
+            follower.wait(10)
+        follower_out.close()
     microscope(tmp_path / "run2", log_file, frames=3, seed=12)
     once = subprocess.run([*command, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert once.returncode == 0, once.stderr

@@ -183,13 +183,14 @@ def test_observer_killed_and_restarted_records_every_run_once(tmp_path: Path) ->
     env = clean_env(PROVGRAPH_TRANSPORT="store", PROVGRAPH_FLUSH_INTERVAL="0.05")
     script = log_runs(tmp_path, uri, ids_file, "gated", 10, pause=0.05, wait=False)
     _wait("the first run", lambda: len(run_ids(ids_file)) >= 1 or script.poll() is not None)
+    first_out, second_out = open(tmp_path / "observer-1.out", "wb"), open(tmp_path / "observer-2.out", "wb")
     observer = subprocess.Popen(observer_command(data_dir, uri, "--interval", "0.1"), env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=first_out, stderr=subprocess.STDOUT)
     restarted: subprocess.Popen[bytes] | None = None
     try:
         _wait("the observer to checkpoint 3 runs",
               lambda: len(_checkpoint(data_dir).get("seen", {})) >= 3 or observer.poll() is not None)
-        assert observer.poll() is None, observer.communicate()[0].decode()
+        assert observer.poll() is None, (tmp_path / "observer-1.out").read_text()
         observer.send_signal(signal.SIGKILL)
         observer.wait(10)
         before = set(_checkpoint(data_dir)["seen"])
@@ -197,19 +198,23 @@ def test_observer_killed_and_restarted_records_every_run_once(tmp_path: Path) ->
         (tmp_path / "continue").touch()
 
         restarted = subprocess.Popen(observer_command(data_dir, uri, "--interval", "0.1"), env=env,
-                                     cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     cwd=tmp_path, stdout=second_out, stderr=subprocess.STDOUT)
         assert script.wait(120) == 0
         expected = set(run_ids(ids_file))
         assert len(expected) == 10
         _wait("the restarted observer to see every run",
               lambda: set(_checkpoint(data_dir).get("seen", {})) == expected or restarted.poll() is not None)
         restarted.send_signal(signal.SIGTERM)
-        out = restarted.communicate(timeout=60)[0].decode()
+        restarted.wait(60)
+        out = (tmp_path / "observer-2.out").read_text()
         assert restarted.returncode == 0, out
     finally:
         for proc in (script, observer, restarted):
             if proc is not None and proc.poll() is None:
                 proc.kill()
+                proc.wait(10)
+        first_out.close()
+        second_out.close()
     assert f"recorded {len(expected) - len(before)} MLflow runs" in out  # nothing re-read after the restart
 
     once = subprocess.run(observer_command(data_dir, uri, "--once"), env=env, cwd=tmp_path,

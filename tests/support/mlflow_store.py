@@ -66,16 +66,19 @@ if prefix == "hold":  # a run that stays RUNNING until the file "release" appear
 
 def log_runs(workdir: Path, uri: str, ids_file: Path, prefix: str, count: int, pause: float = 0.0,
              *, wait: bool = True) -> subprocess.Popen[bytes]:
-    """Run the script in ``workdir`` against the store at ``uri``; ``wait`` for it to end."""
+    """Run the script in ``workdir`` against the store at ``uri``; ``wait`` for it to end.
+    Its output goes to ``workdir/train-{prefix}.out`` (a pipe nobody reads could fill up)."""
     script = workdir / "train.py"
     if not script.exists():
         script.write_text(SCRIPT)
     env = clean_env(MLFLOW_TRACKING_URI=uri)
-    proc = subprocess.Popen([sys.executable, str(script), str(ids_file), prefix, str(count), str(pause)],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = workdir / f"train-{prefix}.out"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(script), str(ids_file), prefix, str(count), str(pause)],
+                                cwd=workdir, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if wait:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"MLflow script failed:\n{out.decode(errors='replace')}"
+        proc.wait(timeout=120)
+        assert proc.returncode == 0, f"MLflow script failed:\n{out.read_text(errors='replace')}"
     return proc
 
 
