@@ -41,6 +41,7 @@ images a microscope logs link to the analysis that reads the same files.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -813,9 +814,12 @@ class LogHandler(logging.Handler):
         self._emitter = emitter
         self._own_run: RunInfo | None = None
         self._failed = False
+        self._finished = False
         self.interpreter = LogInterpreter(patterns, self._run_for, self._new_id,
                                           base_dir=Path(base_dir) if base_dir is not None else Path.cwd(),
                                           parent_of=capture.current_task_id)
+        # runs before provgraph's own exit hook (registered earlier), so the end is delivered
+        atexit.register(self.finish)
 
     def _emitter_now(self) -> Emitter | None:
         return self._emitter if self._emitter is not None else capture._emitter_or_none()
@@ -852,17 +856,28 @@ class LogHandler(logging.Handler):
                 self._failed = True
                 self.handleError(record)
 
-    def close(self) -> None:
-        """End the handler's own run (tasks still open are recorded as such) and detach."""
+    def finish(self) -> None:
+        """The program is done logging: record the task still open (failed when its end
+        line never came) and end the handler's own run. Idempotent; runs at exit."""
+        if self._finished:
+            return
+        self._finished = True
         try:
-            em = self._emitter_now()
-            if em is not None:
-                for rec in self.interpreter.end_open_task(time.time_ns()):
-                    em.emit(rec)
-                if self._own_run is not None:
-                    em.emit_control(RunEnd(self._own_run, time.time_ns(), "finished"))
-                    self._own_run = None
-        except Exception:  # noqa: BLE001
-            sys.stderr.write("provgraph: LogHandler.close failed\n")
+            em = self._emitter if self._emitter is not None else capture._State.emitter  # never start one now
+            if em is None:
+                return
+            for rec in self.interpreter.end_open_task(time.time_ns()):
+                em.emit(rec)
+            if self._own_run is not None:
+                em.emit_control(RunEnd(self._own_run, time.time_ns(), "finished"))
+                self._own_run = None
+        except Exception:  # noqa: BLE001 - never break the program (or its exit)
+            sys.stderr.write("provgraph: LogHandler.finish failed\n")
+
+    def close(self) -> None:
+        """:meth:`finish`, then detach (``logging`` calls this at shutdown)."""
+        try:
+            self.finish()
         finally:
+            atexit.unregister(self.finish)
             super().close()

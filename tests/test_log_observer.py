@@ -473,3 +473,27 @@ def test_task_spanning_a_rotation_with_a_gap_before_the_new_file(tmp_path: Path)
     assert [t["status"] for t in tasks] == ["finished"]
     assert tasks[0]["outputs"] == {f"image[{i}]": hash_bytes(f.read_bytes()) for i, f in enumerate(frames)}
     assert observer.interpreter.stats["lines"] == 5
+
+
+def test_log_handler_in_an_unchanged_program_delivers_at_exit(tmp_path: Path) -> None:
+    """Two lines before the microscope's unchanged ``main``: a handler on its logger. At
+    exit the handler's run is ended and everything reaches the on-disk store."""
+    data_dir, out = tmp_path / "pgdata-exit", tmp_path / "frames"
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(f"""
+import logging, runpy, sys
+from provgraph.adapters.logs import LogHandler, load_patterns
+logging.getLogger("microscope").addHandler(LogHandler(load_patterns({str(PATTERNS)!r})))
+sys.argv = ["microscope.py", {str(out)!r}, {str(tmp_path / "microscope.log")!r}, "--frames", "3", "--size", "20"]
+runpy.run_path({str(EXAMPLE / "microscope.py")!r}, run_name="__main__")
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVGRAPH_")}
+    env.update(PROVGRAPH_DATA_DIR=str(data_dir), PROVGRAPH_TRANSPORT="store")
+    subprocess.run([sys.executable, str(launcher)], check=True, timeout=120, env=env, cwd=tmp_path)
+    with Store(data_dir / "store", read_only=True) as store:
+        rows = select(store, """SELECT ?status ?run ?runstatus WHERE { ?t rdfs:label "acquire" ; pg:status ?status ;
+            pg:inWorkflowRun ?r . ?r rdfs:label ?run ; pg:status ?runstatus }""")
+        generated = select(store, """SELECT ?name ?e WHERE { ?t rdfs:label "acquire" . ?e prov:wasGeneratedBy ?t ;
+            prov:qualifiedGeneration ?g . ?g prov:activity ?t ; pg:parameterName ?name }""")
+    assert rows == [{"status": "finished", "run": "microscope-acquisition", "runstatus": "finished"}]
+    assert {r["name"]: r["e"] for r in generated} == images(out)
