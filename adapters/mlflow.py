@@ -169,7 +169,8 @@ class MlflowObserver:
         self.overlap_ms = int(overlap_s * 1000)
         self.full_scan_every = max(1, full_scan_every)
         self.flush_timeout = flush_timeout
-        self.checkpoint = Checkpoint(checkpoint_path(self.settings, "mlflow", self.uri))
+        source = self.uri if experiments is None else f"{self.uri}|{','.join(sorted(experiments))}"
+        self.checkpoint = Checkpoint(checkpoint_path(self.settings, "mlflow", source))  # one per store and filter
         try:
             state = self.checkpoint.load()
         except ValueError as exc:

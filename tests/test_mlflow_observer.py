@@ -60,7 +60,11 @@ def test_runs_params_metrics_artifacts_parents_statuses(tmp_path: Path) -> None:
         return len(path.read_bytes())
 
     with capture() as cap:
-        observer = pg_mlflow.MlflowObserver(uri, emitter=provgraph.get_emitter())
+        only_default = pg_mlflow.MlflowObserver(uri, emitter=provgraph.get_emitter(), experiments=["Default"])
+        assert only_default.poll_once() == 0  # the script logged nothing to "Default"
+        assert only_default.checkpoint.path != pg_mlflow.MlflowObserver(uri, emitter=provgraph.get_emitter(),
+                                                                        ).checkpoint.path
+        observer = pg_mlflow.MlflowObserver(uri, emitter=provgraph.get_emitter(), experiments=["training"])
         assert observer.poll_once() == 6
         assert observer.poll_once() == 0  # nothing new: nothing re-emitted
         load_weights(tmp_path / "weights.bin")
