@@ -206,16 +206,21 @@ def _pending(msg: Msg) -> int:
 
 
 class Integrator:
-    """Consumes the provgraph stream into ``store`` (see the module docstring)."""
+    """Consumes the provgraph stream into ``store`` (see the module docstring).
+
+    ``max_backoff`` caps the wait after a failed commit (it doubles from 0.5 s).
+    """
 
     def __init__(self, settings: Settings, store: Store | RemoteStore, *, metrics: Metrics | None = None,
-                 url: str | None = None, fetch: int | None = None, fetch_timeout: float = 1.0) -> None:
+                 url: str | None = None, fetch: int | None = None, fetch_timeout: float = 1.0,
+                 max_backoff: float = 30.0) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
         self.url = url or settings.nats_url
         self.fetch = fetch or settings.integrator_fetch
         self.fetch_timeout = fetch_timeout
+        self.max_backoff = max_backoff
         self.mode = "transaction" if isinstance(store, RemoteStore) else settings.integrator_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-commit")
         self._parse_executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-parse")
@@ -349,7 +354,7 @@ class Integrator:
         except Exception as exc:  # noqa: BLE001 - store down, disk full, lock...: redeliver later
             fetched.keepalive.cancel()
             m.inc("commit_failures")
-            self._backoff = min(30.0, max(0.5, self._backoff * 2))
+            self._backoff = min(self.max_backoff, max(0.5, self._backoff * 2))
             log.error("integrator: commit of %d messages failed (%s); not acked, retrying in %.1fs",
                       len(good), exc, self._backoff)
             for msg in good:

@@ -435,15 +435,17 @@ class NatsTransport(Transport):
         return self._spilling
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every batch was acknowledged (journal replayed included)."""
+        """Wait until every batch was acknowledged (journal replayed included); False at
+        once while NATS is unreachable (the batches are safe in the journal)."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 busy = bool(self._unconfirmed) or self._spilling
             if not busy:
                 return True
-            if time.monotonic() >= deadline or self._fatal is not None:
-                return False
+            nc = self._nc
+            if time.monotonic() >= deadline or self._fatal is not None or nc is None or not nc.is_connected:
+                return False  # NATS away: waiting would not deliver anything; the journal keeps it
             time.sleep(0.01)
 
     def close(self, timeout: float) -> bool:
