@@ -101,9 +101,9 @@ def test_replay_to_store_loads_and_deletes(tmp_path: Path) -> None:
 
 
 def test_store_down_nothing_acked_then_redelivered(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     with NatsServer(tmp_path / "nats") as server:
+        port = free_port()  # after NATS has bound its own
+        url = f"http://127.0.0.1:{port}"
         settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d", nats_ack_wait=2.0)
         store = RemoteStore(url, timeout=2.0)
         batches = _batches(60, batch_size=20)
