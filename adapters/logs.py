@@ -696,17 +696,22 @@ class LogFileObserver:
 
     def _siblings(self) -> list[tuple[Path, int, int]]:
         """``(path, inode, mtime_ns)`` of the rotated files next to the log (``NAME.*``,
-        ``NAME-*``; compressed ones are skipped)."""
+        ``NAME-*``, ``NAME_*``; compressed ones are skipped)."""
         out = []
         try:
-            for entry in os.scandir(self.path.parent):
-                name = entry.name
-                if (name != self.path.name and name.startswith(self.path.name)
-                        and name[len(self.path.name)] in ".-_" and not name.endswith(_COMPRESSED)
-                        and entry.is_file()):
-                    out.append((Path(entry.path), entry.inode(), entry.stat().st_mtime_ns))
+            entries = list(os.scandir(self.path.parent))
         except OSError:
-            return []
+            return out
+        base = self.path.name
+        for entry in entries:
+            name = entry.name
+            if name == base or not name.startswith(base) or name[len(base)] not in ".-_" or name.endswith(_COMPRESSED):
+                continue
+            try:
+                if entry.is_file():
+                    out.append((Path(entry.path), entry.inode(), entry.stat().st_mtime_ns))
+            except OSError:  # removed meanwhile (backupCount reached)
+                continue
         return out
 
     def _rotated_after(self, mtime_ns: int, exclude: set[int | None]) -> list[tuple[Path, int]]:
