@@ -697,7 +697,7 @@ class LogFileObserver:
     def _siblings(self) -> list[tuple[Path, int, int]]:
         """``(path, inode, mtime_ns)`` of the rotated files next to the log (``NAME.*``,
         ``NAME-*``, ``NAME_*``; compressed ones are skipped)."""
-        out = []
+        out: list[tuple[Path, int, int]] = []
         try:
             entries = list(os.scandir(self.path.parent))
         except OSError:
