@@ -232,8 +232,12 @@ def main() -> int:
             e2e_s, committed = throughput(serve, batches, work)
             fresh = freshness(serve, args.rate, args.seconds, args.poll, args.flush_interval, work)
             stored = int(serve.sparql("SELECT (COUNT(*) AS ?n) WHERE { GRAPH ?g { ?s ?p ?o } }")[0]["n"]["value"])
-        finally:
+        except BaseException:
             serve.stop()
+            print("provgraph serve log:\n" + (work / "serve.log").read_text(errors="replace")[-4000:],
+                  file=sys.stderr)
+            raise
+        serve.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     raw_rate = triples / raw_s

@@ -181,10 +181,11 @@ def commit(store: Store | RemoteStore, parsed: Sequence[Parsed], mode: str) -> i
         else:
             singles.append(p)
     ox_store = store.oxigraph
+    # every message was parsed strictly already: the loader may skip IRI validation
     for (fmt, graph), datas in groups.items():
-        ox_store.bulk_load(b"\n".join(datas), format=fmt, to_graph=ox.NamedNode(graph))
+        ox_store.bulk_load(b"\n".join(datas), format=fmt, to_graph=ox.NamedNode(graph), lenient=True)
     for p in singles:
-        ox_store.bulk_load(p.data, format=p.fmt, to_graph=ox.NamedNode(p.graph))
+        ox_store.bulk_load(p.data, format=p.fmt, to_graph=ox.NamedNode(p.graph), lenient=True)
     return triples
 
 
