@@ -111,8 +111,8 @@ class Probe:
     """Reads this process's counters; one per process (see :func:`probe`)."""
 
     def __init__(self, *, gpu: bool = True) -> None:
-        psutil = require("psutil", "telemetry")
-        self._psutil = psutil
+        psutil: Any = require("psutil", "telemetry")
+        self._psutil: Any = psutil
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)  # first call primes the CPU-percent baseline
         self._proc_io = hasattr(self._proc, "io_counters")

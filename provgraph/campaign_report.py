@@ -74,9 +74,12 @@ def _short(iri: str) -> str:
     return iri.rsplit("/", 1)[-1]
 
 
-def top_models(store: Any, metric: str, k: int, order: str = "asc") -> list[dict[str, Any]]:
+def top_models(store: Any, metric: str, k: int, order: str = "asc", model: str | None = None) -> list[dict[str, Any]]:
     """``[{rank, model, score, task}]``: the named query ``top_k_models``, one row per model."""
-    rows = _rows(queries.run(store, "top_k_models", {"metric": metric, "k": k, "order": order}))
+    params: dict[str, Any] = {"metric": metric, "k": k, "order": order}
+    if model is not None:
+        params["model"] = model
+    rows = _rows(queries.run(store, "top_k_models", params))
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         seen.setdefault(r["modelArtifact"], {"rank": r["rank"], "model": r["modelArtifact"], "score": r["score"],
@@ -111,8 +114,7 @@ def acquisitions_upstream(store: Any, node: str) -> dict[str, Any]:
     """What is upstream of ``node``: tasks per workflow, and the root tasks (those that
     used no artifact: acquisitions) with their parameters."""
     result = lineage(store, node, "upstream")
-    tasks = [n["id"] if isinstance(n, dict) else n for n in result["nodes"]]
-    tasks = [t for t in tasks if "/task/" in t]
+    tasks = [n["id"] for n in result["nodes"] if n.get("kind") == "activity"]
     info = _labels_and_workflows(store, tasks)
     per_workflow: dict[str, int] = defaultdict(int)
     for label_wf in info.values():
@@ -137,11 +139,13 @@ def _pivot(rows: list[dict[str, Any]], key: str, col: str, val: str) -> dict[Any
     return out
 
 
-def render(store: Any, *, metric: str = "mse", top: int = 3, order: str = "asc",
+def render(store: Any, *, metric: str = "mse", top: int = 3, order: str = "asc", model: str | None = "model_path",
            function: str = "train") -> str:
-    """The three analyses as text."""
+    """The three analyses as text: models ranked by the scalar output ``metric`` of the
+    tasks that generated or used them under the name ``model``; hyperparameters of the
+    tasks labelled ``function``."""
     parts: list[str] = []
-    best = top_models(store, metric, top, order)
+    best = top_models(store, metric, top, order, model)
     parts.append(f"\n(1) Top-{top} models by {metric} ({'lowest' if order == 'asc' else 'highest'} first), "
                  "with their backward lineage")
     if not best:

@@ -301,6 +301,9 @@ class FunctionInfo:
     """What the background thread needs to turn a call tuple into a :class:`TaskRecord`."""
 
     __slots__ = ("_params", "fn", "name", "qualname")
+    #: its call tuples ``(info, frame, parent, args, kwargs, t0, t1, result, exc)`` may be
+    #: mapped by the mapper's per-function templates (other tuple producers: False)
+    template_calls = True
 
     def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
         self.fn = fn

@@ -264,7 +264,7 @@ class Mapper:
         :data:`PREFIXES`) for the named graph ``graph``; for a :class:`RawBatch`,
         ``(None, [n-quads])``."""
         if isinstance(item, tuple):  # a CallRecord from the task decorator
-            if self._fast_ok:
+            if self._fast_ok and getattr(item[0], "template_calls", False):
                 fast = self._fast_call(item)
                 if fast is not None:
                     return fast

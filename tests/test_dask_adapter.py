@@ -6,6 +6,7 @@ import itertools
 import os
 import socket
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def test_processes_chained_maps_failures_links_and_errors() -> None:
     assert len(tasks) == 2 * N, f"expected one activity per task, got {len(tasks)}"
     assert {r["key"] for r in tasks} == set(keys_first) | set(keys_second)
     for r in tasks:
-        assert r["sub"] <= r["start"] <= r["end"], r
+        # as datetimes: the store writes xsd:dateTime canonically (trailing zeros dropped)
+        sub, start, end = (datetime.fromisoformat(r[k].replace("Z", "+00:00")) for k in ("sub", "start", "end"))
+        assert sub <= start <= end, r
         assert r["attempt"] == "1" and r["host"] in worker_hosts
         assert r["label"] == ("make_array" if r["key"] in keys_first else "summarize")
         assert r["fn"].endswith("test_dask_adapter." + r["label"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,12 @@ def test_run_timeline(campaign: dict[str, Any]) -> None:
     timeline = run(campaign["store"], "run_timeline", runId=campaign["runs"]["hpsearch"])
     assert [r["label"] for r in timeline] == ["preprocess", "train", "train", "train", "train"]
     assert [r["status"] for r in timeline] == ["finished", "finished", "finished", "finished", "failed"]
-    assert all(r["started"] <= r["ended"] and r["duration"].startswith("PT") for r in timeline)
-    assert [r["started"] for r in timeline] == sorted(r["started"] for r in timeline)
+    # compare instants, not strings: xsd:dateTime is stored canonically (trailing zeros dropped)
+    start = [datetime.fromisoformat(r["started"].replace("Z", "+00:00")) for r in timeline]
+    end = [datetime.fromisoformat(r["ended"].replace("Z", "+00:00")) for r in timeline]
+    assert all(s <= e for s, e in zip(start, end, strict=True))
+    assert all(r["duration"].startswith("PT") for r in timeline)
+    assert start == sorted(start)
     assert {r["runId"] for r in timeline} == {campaign["runs"]["hpsearch"]}
     assert run(campaign["store"], "run_timeline", runId="no-such-run") == []
 
@@ -170,11 +175,19 @@ def test_top_k_models_with_their_lineage(campaign: dict[str, Any]) -> None:
     assert {r["modelArtifact"] for r in default_k} == set(campaign["model_iri"].values())  # k=5 ≥ 3 models
     assert run(campaign["store"], "top_k_models", metric="loss", model="model", k=1)[0]["score"] == "0.6"
     # lower is better: the smallest loss first (lr 0.01: loss 0.02, then 0.1: 0.2)
-    low = run(campaign["store"], "top_k_models", metric="loss", k=2, order="asc")
+    low = run(campaign["store"], "top_k_models", metric="loss", k=2, order="asc", model="model")
     assert sorted({(int(r["rank"]), r["modelArtifact"], r["score"]) for r in low}) == [
         (1, campaign["model_iri"][0.01], "0.02"), (2, campaign["model_iri"][0.1], "0.2")]
-    assert {r["model"] for r in low} == {"model"}  # model unbound: every artifact output, here only "model"
+    # model unbound: every artifact the scoring tasks generated or used, ranked per name
+    # (train used the cleaned data under "data" and generated models under "model")
+    anything = run(campaign["store"], "top_k_models", metric="loss", k=2, order="asc")
+    assert {r["model"] for r in anything} == {"model", "data"}
+    assert {r["modelArtifact"] for r in anything if r["model"] == "data"} == {campaign["iri"]["clean"]}
     assert run(campaign["store"], "top_k_models", metric="loss", k=2, order="ascending") == []
+    # an evaluation scores a model it used (not generated): ranked under the parameter's name
+    scored = run(campaign["store"], "top_k_models", metric="score", model="model", k=1)
+    assert {(r["modelArtifact"], r["score"]) for r in scored} == {(campaign["model_iri"][0.1], "0.77")}
+    assert {r["upstreamLabel"] for r in scored} >= {"train", "preprocess", "acquire"}
 
 
 def test_hyperparameters_vs_kpis(campaign: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ def _burn(seconds: float) -> int:
 def test_snapshot_values_are_present_and_sane() -> None:
     probe = telemetry.probe()
     before = probe.snapshot("start")[0]
-    ballast = bytearray(32 << 20)  # 32 MiB touched: RSS must grow
+    # 32 MiB of fresh anonymous pages, touched: RSS must grow (a bytearray may reuse heap
+    # pages earlier tests freed, which are already resident)
+    ballast = mmap.mmap(-1, 32 << 20)
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
     _burn(0.2)
@@ -48,7 +51,7 @@ def test_snapshot_values_are_present_and_sane() -> None:
         assert isinstance(after[key], int) and after[key] >= before[key] >= 0
     assert isinstance(after["sampledAt"], datetime) and after["sampledAt"] >= before["sampledAt"]
     assert abs((datetime.now(UTC) - after["sampledAt"]).total_seconds()) < 5
-    del ballast
+    ballast.close()
 
 
 def test_no_gpu_means_no_gpu_keys_and_no_error() -> None:

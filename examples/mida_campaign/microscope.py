@@ -2,7 +2,7 @@
 
 A plain script with no provgraph import: it writes images and logs its parameters and
 the path of every image it writes. provgraph's log observer turns those log lines into
-provenance (see ``log_patterns.toml``).
+provenance (see ``microscope_patterns.toml``).
 
     python microscope.py OUT_DIR LOG_FILE [--frames 12] [--exposure-ms 20] [--seed 7]
 """

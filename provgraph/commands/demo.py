@@ -178,7 +178,7 @@ def run_demo(root: Path, *, frames: int = 12, workers: int = 2, top: int = 3, pi
             "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PROVGRAPH_FACILITY": "demo-lab"}
     if mode == "store":
         env["PROVGRAPH_TRANSPORT"] = "store"
-    progress = _Progress(7)
+    progress = _Progress(6)
     print(f"provgraph demo: campaign {CAMPAIGN!r} in {root} (pipeline: {mode})", flush=True)
 
     server = _Serve(env, data_dir, logs / "serve.log", root) if mode == "nats" else None
@@ -236,4 +236,4 @@ def run_demo(root: Path, *, frames: int = 12, workers: int = 2, top: int = 3, pi
 
 
 def _indent(text: str, needle: str) -> str:
-    return "".join(f"      {line}\n" for line in text.splitlines() if needle in line)
+    return "".join(f"      {line}\n" for line in text.splitlines() if line.lstrip().startswith(needle))
