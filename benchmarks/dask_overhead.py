@@ -17,9 +17,10 @@ Two times per observed run:
     python benchmarks/dask_overhead.py [--reps 7] [--n-noop 1000] [--n-sleep 200]
                                        [--transport store journal nats]
 
-``nats`` is measured when the NATS transport and integrator modules are present (a
-local nats-server and the integrator are started for it); otherwise it is reported as
-skipped. Writes ``benchmarks/results/dask_overhead.json``.
+``nats`` is provgraph online: ``provgraph serve --no-http`` (a local nats-server with
+JetStream and the integrator committing into an on-disk store) runs in a child process,
+every worker publishes its batches to it; ``+durable`` then ends when JetStream has
+acknowledged every batch. Writes ``benchmarks/results/dask_overhead.json``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ with warnings.catch_warnings():
 import provgraph.adapters.dask as pg_dask
 
 from provgraph.settings import load_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capture_overhead import LocalPipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,7 +90,7 @@ def observed(client: Client, fn: Any, n: int, settings: Any) -> tuple[float, flo
 
 def nats_available() -> bool:
     return all(importlib.util.find_spec(m) is not None
-               for m in ("provgraph.transports.nats", "provgraph.integrator", "provgraph.natsserver"))
+               for m in ("nats", "provgraph.transports.nats", "provgraph.integrator", "provgraph.natsserver"))
 
 
 def measure(client: Client, fn: Any, n: int, reps: int, settings: Any) -> dict[str, Any]:
@@ -132,12 +136,19 @@ def main(argv: list[str] | None = None) -> int:
                 results["runs"]["nats"] = {"skipped": "NATS transport or integrator not present"}
                 continue
             data = Path(tmp) / transport
-            settings = load_settings(transport=transport, data_dir=data)
-            for label, fn, n in (("no-op", noop, args.n_noop), ("10 ms", sleep10, args.n_sleep)):
-                r = measure(client, fn, n, args.reps, settings)
-                results["runs"][f"{transport}/{label}"] = r
-                print(f"{transport:<10}{label:<10}{n:>10}{r['plain_s']:>10.3f}{r['observed_s']:>12.3f}"
-                      f"{r['overhead_pct']:>9.1f}%{r['durable_overhead_pct']:>9.1f}%{r['plain_spread_pct']:>13.1f}%")
+            pipeline = LocalPipeline() if transport == "nats" else None
+            try:
+                extra = {"nats_url": pipeline.url} if pipeline is not None else {}
+                settings = load_settings(transport=transport, data_dir=data, **extra)
+                for label, fn, n in (("no-op", noop, args.n_noop), ("10 ms", sleep10, args.n_sleep)):
+                    r = measure(client, fn, n, args.reps, settings)
+                    results["runs"][f"{transport}/{label}"] = r
+                    print(f"{transport:<10}{label:<10}{n:>10}{r['plain_s']:>10.3f}{r['observed_s']:>12.3f}"
+                          f"{r['overhead_pct']:>9.1f}%{r['durable_overhead_pct']:>9.1f}%"
+                          f"{r['plain_spread_pct']:>13.1f}%", flush=True)
+            finally:
+                if pipeline is not None:
+                    pipeline.stop()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "dask_overhead.json"
     out.write_text(json.dumps(results, indent=2))
