@@ -85,7 +85,8 @@ class Serve:
         self.log = open(data_dir.parent / "serve.log", "wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PROVGRAPH_")}
         full_env.update(env, PROVGRAPH_DATA_DIR=str(data_dir))
-        self.proc = subprocess.Popen([sys.executable, "-m", "provgraph", "serve", "--http-port", "0"],
+        verbose = ["-v"] if os.environ.get("PROVGRAPH_BENCH_VERBOSE") else []  # serve's log in the work dir
+        self.proc = subprocess.Popen([sys.executable, "-m", "provgraph", *verbose, "serve", "--http-port", "0"],
                                      env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
         info_file = data_dir / "serve.json"
         deadline = time.monotonic() + 60
@@ -134,6 +135,10 @@ def throughput(serve: Serve, batches: list[Batch], data_dir: Path) -> tuple[floa
         time.sleep(0.02)
     elapsed = time.perf_counter() - t0
     transport.close(10)
+    st = transport.stats
+    if st.spilled_batches:
+        print(f"note: {st.spilled_batches} batches went through the publisher's journal "
+              f"(PubAck slower than publish_timeout={settings.publish_timeout}s)", file=sys.stderr)
     return elapsed, done
 
 

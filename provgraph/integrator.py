@@ -74,6 +74,8 @@ PROV_CONTENT_TYPES: dict[str, str] = {
 }
 #: the integrator keeps fetching while more is pending, up to this many bytes per commit
 COMMIT_MAX_BYTES = 64 * 1024 * 1024
+#: one pull request asks for at most this many bytes (messages x the server's max_payload)
+PULL_MAX_BYTES = 16 * 1024 * 1024
 _CONCATENABLE = {ox.RdfFormat.TRIG, ox.RdfFormat.N_QUADS, ox.RdfFormat.N_TRIPLES, ox.RdfFormat.TURTLE}
 _BASE = re.compile(rb"@base|(^|\n)\s*BASE\s", re.IGNORECASE)
 _NEWLINES = re.compile(r"[\r\n]+")
@@ -199,6 +201,20 @@ class _Fetched:
     done: list[Msg] = field(default_factory=list)
 
 
+def _seq(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
 def _pending(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_pending)
@@ -227,6 +243,7 @@ class Integrator:
         self._parse_executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-parse")
         self._backoff = 0.0
         self._last_info = 0.0
+        self._max_payload = 1024 * 1024
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -239,6 +256,7 @@ class Integrator:
         committer: asyncio.Task[None] | None = None
         queue: asyncio.Queue[_Fetched | None] = asyncio.Queue(maxsize=1)
         try:
+            self._max_payload = nc.max_payload
             js = nc.jetstream(timeout=max(5.0, self.settings.publish_timeout))
             await jetstream.ensure_layout(js, self.settings)
             sub = await js.pull_subscribe_bind(durable=self.settings.nats_consumer,
@@ -270,8 +288,11 @@ class Integrator:
         while the consumer reports more pending, so a backlog is committed in big loads."""
         import nats.errors
 
+        # a pull asks for at most PULL_MAX_BYTES worth of messages: the server drops a
+        # connection whose outbound buffer overflows (slow consumer)
+        per_pull = max(1, min(self.fetch, PULL_MAX_BYTES // max(1, self._max_payload)))
         try:
-            msgs: list[Msg] = await sub.fetch(self.fetch, timeout=self.fetch_timeout)
+            msgs: list[Msg] = await sub.fetch(per_pull, timeout=self.fetch_timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             if time.monotonic() - self._last_info > 2.0:
                 self._last_info = time.monotonic()
@@ -282,13 +303,15 @@ class Integrator:
             await asyncio.sleep(1.0)
             return []
         size = sum(len(m.data) for m in msgs)
-        while len(msgs) < self.fetch and size < COMMIT_MAX_BYTES and _pending(msgs[-1]) > 0:
+        while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES and _pending(msgs[-1]) > 0:
             try:
-                more: list[Msg] = await sub.fetch(self.fetch - len(msgs), timeout=0.25)
+                more: list[Msg] = await sub.fetch(min(per_pull, self.fetch - len(msgs)), timeout=0.25)
             except Exception:  # noqa: BLE001 - nothing more right now: commit what we have
                 break
             msgs.extend(more)
             size += sum(len(m.data) for m in more)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("integrator: fetched %s", [(_seq(m), _delivered(m)) for m in msgs])
         return msgs
 
     async def _refresh_lag(self, sub: Any) -> None:

@@ -20,6 +20,7 @@ updates a stream whose limits changed.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -156,8 +157,13 @@ async def connect(settings: Settings, *, url: str | None = None, **extra: Any) -
     opts.update(extra)
     errors: list[BaseException] = []
 
+    connected = False
+
     async def on_error(exc: BaseException) -> None:
-        errors.append(exc)
+        if connected:  # after the first connection: say it (reconnects, slow consumer, permissions)
+            logging.getLogger("provgraph.nats").warning("NATS: %s", exc or type(exc).__name__)
+        else:
+            errors.append(exc)
 
     user_cb = opts.pop("error_cb", None)
 
@@ -176,6 +182,7 @@ async def connect(settings: Settings, *, url: str | None = None, **extra: Any) -
         cause = next((e for e in errors if _is_auth(e)), errors[-1] if errors else exc)
         raise _explain(", ".join(opts["servers"]), cause) from exc
     client.options["max_reconnect_attempts"] = reconnects
+    connected = True
     return client
 
 
@@ -235,7 +242,5 @@ async def ensure_layout(js: JetStreamContext, settings: Settings, *, consumer: b
         try:
             await js.add_consumer(settings.nats_stream, cfg)
         except Exception as exc:  # noqa: BLE001 - an existing consumer with other settings: keep it
-            import logging
-
             logging.getLogger("provgraph.jetstream").warning(
                 "consumer %s exists with other settings (%s); using it as it is", settings.nats_consumer, exc)
