@@ -232,6 +232,17 @@ def test_wrong_credentials_fail_fast_and_clearly(tmp_path: Path) -> None:
         assert out.returncode == 1
         assert "rejected the credentials" in out.stderr.decode()
         assert time.monotonic() - t0 < 20
+    with NatsServer(tmp_path / "token", token="t0ken") as server:
+        settings_t = load_settings(nats_url=server.url, nats_token="nope", data_dir=tmp_path / "d2")
+        t0 = time.monotonic()
+        with pytest.raises(TransportError, match="rejected the credentials"):
+            NatsTransport(settings_t)
+        assert time.monotonic() - t0 < 5
+        ok = NatsTransport(settings_t.model_copy(update={"nats_token": "t0ken"}))
+        assert ok.flush(5) and not ok.spilling()
+        assert ok.close(5)
+    with NatsServer(tmp_path / "authed", user="alice", password="s3cret") as server:
+        settings = settings.model_copy(update={"nats_url": server.url})
         # the right ones work, end to end
         good = settings.model_copy(update={"nats_password": "s3cret"})
         store = Store()

@@ -170,9 +170,11 @@ def split_batch(batch: Batch, limit: int, graph_base: str | None = None) -> list
 
 
 class _Stats:
-    __slots__ = ("acked_batches", "acked_messages", "replayed_batches", "spilled_batches", "unsendable")
+    __slots__ = ("acked_batches", "acked_messages", "lost_batches", "replayed_batches", "spilled_batches",
+                 "unsendable")
 
     def __init__(self) -> None:
+        self.lost_batches = 0
         self.acked_batches = 0
         self.acked_messages = 0
         self.spilled_batches = 0
@@ -280,7 +282,12 @@ class NatsTransport(Transport):
             pending = [self._unconfirmed[k] for k in sorted(self._unconfirmed)]
             self._unconfirmed.clear()
             for batch in pending:
-                self._journal_write(batch)
+                try:
+                    self._journal_write(batch)
+                except OSError as exc:  # journal full or unwritable: counted and said, never silent
+                    self.stats.lost_batches += 1
+                    log.error("provgraph: batch %s was not acknowledged by NATS and cannot be journaled "
+                              "(%s); it is lost", batch.batch_id, exc)
         if first:
             log.warning("provgraph: %s; spilling batches to %s until NATS is back", why, self.journal_dir)
         self._loop.call_soon_threadsafe(self._schedule_replay, 1.0)
