@@ -140,3 +140,53 @@ def _up(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_two_integrators_share_the_consumer_into_one_oxigraph_server(tmp_path: Path) -> None:
+    from tests.support.servers import oxigraph_server
+
+    batches = _batches(400, batch_size=10)
+    with NatsServer(tmp_path / "nats") as server, oxigraph_server(tmp_path / "ox") as url:
+        settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d", integrator_fetch=4)
+        store_a, store_b = RemoteStore(url), RemoteStore(url)
+        with running_integrator(settings, store_a) as one, running_integrator(settings, store_b) as two:
+            transport = NatsTransport(settings)
+            for b in batches:
+                transport.publish(b)
+            assert transport.flush(20)
+            transport.close(5)
+            total = sum(1 for _ in batches)
+            wait_for(lambda: one.metrics.counters["committed_batches"] + two.metrics.counters["committed_batches"]
+                     >= total, 60, "both integrators to commit every batch")
+            # both took part; each message was committed by one of them
+            assert one.metrics.counters["committed_batches"] > 0 and two.metrics.counters["committed_batches"] > 0
+            assert one.metrics.counters["received_messages"] + two.metrics.counters["received_messages"] == total
+        expected = ox.Store()
+        for b in batches:
+            expected.load(b.data, format=ox.RdfFormat.TRIG)
+        assert len(store_a) == len(expected)
+        assert all(q in expected for q in store_a.quads())
+
+
+def test_publishing_while_the_journal_is_replayed_keeps_everything(tmp_path: Path) -> None:
+    """Batches published during the switch from spill to direct mode are neither lost nor
+    left behind in the journal."""
+    server = NatsServer(tmp_path / "nats", port=free_port())
+    settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d", publish_timeout=2.0)
+    transport = NatsTransport(settings, connect_wait=0.1)
+    n = 3000
+    batches = [Batch(b"<urn:s:%d> <urn:p> <urn:o> <urn:g> .\n" % i, 1, batch_id=f"race-{i}") for i in range(n)]
+    for b in batches[:500]:
+        transport.publish(b)
+    assert transport.spilling()
+    with server:
+        for b in batches[500:]:  # the transport connects and replays while these go in
+            transport.publish(b)
+            time.sleep(0.0005)
+        assert transport.flush(30)
+        assert not transport.spilling()
+        assert journal_files(settings.journal_dir) == []
+        assert transport.close(5)
+        msgs = read_stream(server.url, settings.nats_stream)
+    assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == sorted(b.batch_id for b in batches)
+    assert transport.stats.replayed_batches >= 500

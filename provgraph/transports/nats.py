@@ -414,20 +414,24 @@ class NatsTransport(Transport):
         or append it to the journal while NATS is away."""
         if self._closing:
             raise TransportError("the NATS transport is closed")
-        acquired = False
-        if not self._spilling:
-            acquired = self._window.acquire(timeout=self.timeout)
-            if not acquired:
-                self._spill_unconfirmed(f"NATS did not acknowledge within {self.timeout}s")
-        with self._lock:
-            if self._spilling or not acquired:
+        while True:
+            acquired = False
+            if not self._spilling:
+                acquired = self._window.acquire(timeout=self.timeout)
+                if not acquired:
+                    self._spill_unconfirmed(f"NATS did not acknowledge within {self.timeout}s")
+            with self._lock:  # the mode is decided under the lock the replayer switches it with
+                if self._spilling:
+                    if acquired:
+                        self._window.release()
+                    self._journal_write(batch)
+                    return
                 if acquired:
-                    self._window.release()
-                self._journal_write(batch)
-                return
-            self._seq += 1
-            seq = self._seq
-            self._unconfirmed[seq] = batch
+                    self._seq += 1
+                    seq = self._seq
+                    self._unconfirmed[seq] = batch
+                    break
+            # the replayer went back to direct mode meanwhile: take the direct path
         self._submit(self._send_direct(seq, batch))
 
     def pending(self) -> int:
