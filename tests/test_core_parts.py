@@ -109,6 +109,11 @@ def test_store_batches_are_atomic(tmp_path: Path) -> None:
     with pytest.raises(provgraph.ParseError):
         store.add_nquads(bad)
     assert len(store) == 1  # nothing of the bad batch was written
+    # the transport's fast path: parsed whole first, then bulk-written
+    assert store.load_batch('<urn:g> { <urn:d> <urn:p> "4" . }\n', "trig") == 1
+    with pytest.raises(provgraph.ParseError):
+        store.load_batch('<urn:g> { <urn:e> <urn:p> "5" .\n<urn:f> <urn:p> "6" \n', "trig")
+    assert len(store) == 2
     with pytest.raises(provgraph.QueryError, match="SPARQL"):
         store.query("SELEC nonsense")
 
