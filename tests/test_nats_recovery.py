@@ -190,3 +190,47 @@ def test_publishing_while_the_journal_is_replayed_keeps_everything(tmp_path: Pat
         msgs = read_stream(server.url, settings.nats_stream)
     assert sorted(m.headers["Nats-Msg-Id"] for m in msgs) == sorted(b.batch_id for b in batches)
     assert transport.stats.replayed_batches >= 500
+
+
+def test_forked_child_publishes_on_its_own_connection(tmp_path: Path) -> None:
+    import os
+
+    from tests.support.nats import stream_state
+
+    with NatsServer(tmp_path / "nats") as server:
+        provgraph.configure(nats_url=server.url, transport="nats", data_dir=tmp_path / "d", flush_interval=0.05)
+
+        @provgraph.task
+        def f(a: int) -> int:
+            return a
+
+        with provgraph.workflow("forked", run_id="fork-run"):
+            f(0)
+            assert provgraph.flush(10)
+            before = stream_state(server.url, settings_stream()).messages
+            pid = os.fork()
+            if pid == 0:  # the child: the parent's loop thread and socket are gone
+                try:
+                    for i in range(100):
+                        f(i)
+                    code = 0 if provgraph.flush(10) and provgraph.get_emitter().transport.name == "nats" else 1
+                finally:
+                    os._exit(code if "code" in locals() else 2)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            f(1)
+        assert provgraph.flush(10)
+        assert stream_state(server.url, settings_stream()).messages >= before + 2  # the child's and ours
+        provgraph.shutdown(10)
+        sent = ox.Store()
+        for m in read_stream(server.url, settings_stream()):
+            sent.load(m.data, format=ox.RdfFormat.TRIG)
+        task = ox.NamedNode("https://w3id.org/provgraph/ns#Task")
+        assert len(list(sent.quads_for_pattern(None, ox.NamedNode(RDF_TYPE), task, None))) == 102
+
+
+RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def settings_stream() -> str:
+    return load_settings().nats_stream

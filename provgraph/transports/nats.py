@@ -498,6 +498,7 @@ class NatsTransport(Transport):
     def after_fork(self) -> None:
         """In a forked child: the parent's loop thread and socket are not ours; start afresh."""
         self._lock = threading.Lock()
+        self.stats = _Stats()
         self._unconfirmed = {}
         self._spilling = True
         self._nc = None
