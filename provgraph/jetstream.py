@@ -161,7 +161,10 @@ async def connect(settings: Settings, *, url: str | None = None, **extra: Any) -
 
     async def on_error(exc: BaseException) -> None:
         if connected:  # after the first connection: say it (reconnects, slow consumer, permissions)
-            logging.getLogger("provgraph.nats").warning("NATS: %s", exc or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            # a publisher without the right to manage streams is normal (see deployment/nats)
+            level = logging.DEBUG if "$js.api." in text.lower() else logging.WARNING
+            logging.getLogger("provgraph.nats").log(level, "NATS: %s", text)
         else:
             errors.append(exc)
 

@@ -209,6 +209,7 @@ class NatsTransport(Transport):
         self._seq = 0
         self._fatal: TransportError | None = None
         self._closing = False
+        self._unreachable = False  # a connection attempt failed or the connection dropped
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._max_payload = 1024 * 1024
@@ -249,26 +250,41 @@ class NatsTransport(Transport):
                     self._connected.set()
                     log.error("provgraph: %s", exc)
                     return
+                self._unreachable = True
                 log.debug("provgraph: NATS not reachable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self._nc = nc
+            self._unreachable = False
             self._js = nc.jetstream(timeout=self.timeout)
             self._max_payload = nc.max_payload
-            try:  # the publisher may lack the right to manage streams: fine, the integrator creates it
-                await jetstream.ensure_layout(self._js, self.settings, consumer=False)
-            except Exception as exc:  # noqa: BLE001
-                log.debug("provgraph: could not ensure the JetStream stream: %s", exc)
             self._connected.set()
+            self._loop.create_task(self._ensure_stream())
             self._start_replay()
             return
 
+    async def _ensure_stream(self) -> None:
+        """Create the stream if it is missing, so batches are durable before any integrator
+        ran. A publisher may lack the right to (see deployment/nats): then the integrator
+        creates it, and until then batches wait in the journal."""
+        from .. import jetstream
+
+        js = self._js
+        if js is None:
+            return
+        try:
+            await asyncio.wait_for(jetstream.ensure_layout(js, self.settings, consumer=False), self.timeout)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("provgraph: could not ensure the JetStream stream: %s", exc)
+
     async def _on_disconnected(self) -> None:
+        self._unreachable = True
         if not self._closing:
             self._spill_unconfirmed("NATS connection lost")
 
     async def _on_reconnected(self) -> None:
+        self._unreachable = False
         if self._nc is not None:
             self._max_payload = self._nc.max_payload
         self._start_replay()
@@ -328,7 +344,9 @@ class NatsTransport(Transport):
                     self._journal.close(1.0)  # seal: new spills start a later file
                 for f in files:
                     if not await self._replay_file(f):
-                        self._schedule_replay(1.0)
+                        nc = self._nc
+                        # connected but refused (e.g. the stream is not created yet): retry soon
+                        self._schedule_replay(0.25 if nc is not None and nc.is_connected else 1.0)
                         return
                     f.unlink(missing_ok=True)
         finally:
@@ -454,8 +472,7 @@ class NatsTransport(Transport):
                 busy = bool(self._unconfirmed) or self._spilling
             if not busy:
                 return True
-            nc = self._nc
-            if time.monotonic() >= deadline or self._fatal is not None or nc is None or not nc.is_connected:
+            if time.monotonic() >= deadline or self._fatal is not None or self._unreachable:
                 return False  # NATS away: waiting would not deliver anything; the journal keeps it
             time.sleep(0.01)
 
@@ -505,6 +522,7 @@ class NatsTransport(Transport):
         self._js = None
         self._replaying = False
         self._closing = False
+        self._unreachable = False
         self._prefix = f"nats-{secrets.token_hex(4)}"
         self._journal = JournalTransport(self.journal_dir, max_bytes=self.settings.journal_max_bytes,
                                          prefix=self._prefix, fsync=True)
