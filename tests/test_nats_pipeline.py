@@ -279,3 +279,58 @@ def test_status_shows_stream_consumer_and_counters(tmp_path: Path, nats_server: 
         assert status["stream"]["messages"] >= 1
         assert status["consumer"]["name"] == "provgraph-integrator"
         assert "committed_batches" in status["integrator"]
+
+
+def test_batches_are_split_to_the_servers_max_payload(tmp_path: Path) -> None:
+    """A small max_payload: big batches arrive whole in parts; a statement no message can
+    carry is kept in an ``unsent`` journal that `provgraph replay --to-store` loads."""
+    batches = _memory_batches(400, batch_size=400)
+    with NatsServer(tmp_path / "small", max_payload=16 * 1024) as server:
+        settings = load_settings(nats_url=server.url, data_dir=tmp_path / "d")
+        store = Store()
+        with running_integrator(settings, store) as integrator:
+            transport = NatsTransport(settings)
+            for b in batches:
+                transport.publish(b)
+            huge = Batch(b'<urn:big> <urn:p> "' + b"x" * 40_000 + b'" <urn:g> .\n', 1, batch_id="huge")
+            transport.publish(huge)
+            assert transport.flush(30)
+            assert transport.stats.unsendable == 1
+            transport.close(5)
+            expected = ox.Store()
+            for b in batches:
+                expected.load(b.data, format=ox.RdfFormat.TRIG)
+            wait_for(lambda: len(store) == len(expected), 60, "every part committed")
+            assert integrator.metrics.counters["received_messages"] > 3 * len(batches)  # really split
+        assert all(q in store.oxigraph for q in expected)
+        assert all(len(m.data) <= 16 * 1024 for m in read_stream(server.url, settings.nats_stream))
+    unsent = list(settings.journal_dir.glob("unsent-*.nq"))
+    assert len(unsent) == 1
+    out = subprocess.run([sys.executable, "-m", "provgraph", "replay", "--to-store", "--force"],
+                         capture_output=True, timeout=60, env=env_for(tmp_path / "d", None))
+    assert out.returncode == 0, out.stderr.decode()
+    disk = Store(tmp_path / "d" / "store", read_only=True)
+    assert sparql_count(disk, "SELECT (COUNT(*) AS ?n) WHERE { <urn:big> ?p ?o }") == 1
+
+
+def test_publisher_with_publish_only_permissions(tmp_path: Path) -> None:
+    """The least-privilege users of deployment/nats: the publisher cannot manage streams,
+    connects at once anyway, and its batches reach the store."""
+    from tests.support.nats import RestrictedNatsServer
+
+    with RestrictedNatsServer(tmp_path / "restricted") as server:
+        integ = load_settings(nats_url=server.url, nats_user="integrator", nats_password="int",
+                              data_dir=tmp_path / "i")
+        pub = load_settings(nats_url=server.url, nats_user="publisher", nats_password="pub",
+                            data_dir=tmp_path / "p")
+        store = Store()
+        with running_integrator(integ, store) as integrator:
+            t0 = time.monotonic()
+            transport = NatsTransport(pub)
+            assert time.monotonic() - t0 < 2
+            for i in range(20):
+                transport.publish(Batch(b"<urn:a:%d> <urn:b> <urn:c> <urn:g> .\n" % i, 1))
+            assert transport.flush(10)
+            assert transport.close(5)
+            wait_for(lambda: integrator.metrics.counters["committed_batches"] == 20, 30, "20 batches")
+        assert len(store) == 20

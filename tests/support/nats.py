@@ -151,3 +151,18 @@ def sparql_count(store: Any, query: str) -> int:
     for row in store.query(query):
         return int(row["n"].value)
     return 0
+
+
+class RestrictedNatsServer(NatsServer):
+    """The users of ``deployment/nats/jetstream.conf``: ``publisher`` may only publish
+    provenance, ``integrator`` may do everything."""
+
+    def _config(self) -> Path:
+        path = super()._config()
+        path.write_text(path.read_text() + (
+            "authorization { users = [\n"
+            '  { user: publisher, password: pub, permissions: { publish: ["provgraph.v1.>"], '
+            'subscribe: ["_INBOX.>"] } }\n'
+            '  { user: integrator, password: int, permissions: { publish: [">"], subscribe: [">"] } }\n'
+            "] }\n"))
+        return path
