@@ -88,15 +88,19 @@ async def _serve(args: argparse.Namespace, settings: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    store = open_backend(settings)  # first: a locked store fails before anything is started
     nats: NatsServer | None = None
     url = settings.nats_url
     if not url:
         nats = NatsServer(settings.data_dir / "nats", port=_local_nats_port(settings, args.nats_port),
                           die_with_parent=True)
-        await loop.run_in_executor(None, nats.start)
+        try:
+            await loop.run_in_executor(None, nats.start)
+        except BaseException:
+            store.close()
+            raise
         url = nats.url
         log.info("serve: started nats-server on %s (files in %s)", url, nats.store_dir)
-    store = open_backend(settings)
     metrics = Metrics()
     integrator = Integrator(settings, store, metrics=metrics, url=url)
     server: Any = None

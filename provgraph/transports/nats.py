@@ -186,8 +186,9 @@ class NatsTransport(Transport):
     """Publishes batches to JetStream with PubAcks; spills to a journal during outages.
 
     ``connect_wait`` bounds how long the constructor waits for the first connection
-    (default ``publish_timeout``); if NATS is not reachable by then, batches go to the
-    journal until it is. Wrong credentials raise :class:`TransportError` at once.
+    attempt (default ``publish_timeout``; a refused connection ends it at once); until
+    NATS is reachable batches go to the journal. Wrong credentials raise
+    :class:`TransportError` at once.
     """
 
     name = "nats"
@@ -251,6 +252,7 @@ class NatsTransport(Transport):
                     log.error("provgraph: %s", exc)
                     return
                 self._unreachable = True
+                self._connected.set()  # the first attempt is over: the constructor need not wait
                 log.debug("provgraph: NATS not reachable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
