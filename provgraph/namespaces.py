@@ -41,13 +41,17 @@ class _Vocabulary:
     _ns: str = ""
     _terms: tuple[str, ...] = ()
 
+    _iris: dict[str, str] = {}
+
     def __init_subclass__(cls) -> None:
         for term in cls._terms:
             setattr(cls, term, cls._ns + term)
+        cls._iris = {t: cls._ns + t for t in cls._terms}
 
     @classmethod
     def iris(cls) -> dict[str, str]:
-        return {t: cls._ns + t for t in cls._terms}
+        """Term name → IRI (a shared read-only mapping: do not modify)."""
+        return cls._iris
 
 
 class PROV(_Vocabulary):
