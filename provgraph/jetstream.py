@@ -20,6 +20,7 @@ updates a stream whose limits changed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -179,8 +180,30 @@ async def connect(settings: Settings, *, url: str | None = None, **extra: Any) -
     # nats-py retries the *first* connection forever when max_reconnect_attempts < 0:
     # try each server twice, then give up with a clear error; reconnect forever after.
     opts["max_reconnect_attempts"] = 1
+    # a failed TLS handshake can leave nats-py waiting: bound the attempt, and stop at once on
+    # an error no retry can fix (a certificate that does not verify, rejected credentials)
+    limit = 2 * (float(opts["connect_timeout"]) + float(opts["reconnect_time_wait"])) * len(opts["servers"]) + 2
+    attempt = asyncio.ensure_future(nats.connect(error_cb=error_cb, **opts))  # type: ignore[attr-defined]
+    deadline = asyncio.get_running_loop().time() + limit
     try:
-        client: Client = await nats.connect(error_cb=error_cb, **opts)  # type: ignore[attr-defined]
+        while True:
+            done, _ = await asyncio.wait({attempt}, timeout=0.05)
+            if done:
+                client: Client = attempt.result()
+                break
+            hopeless = next((e for e in errors if isinstance(e, ssl.SSLError) or _is_auth(e)), None)
+            if hopeless is not None or asyncio.get_running_loop().time() > deadline:
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                if hopeless is not None and _is_auth(hopeless):
+                    raise _explain(", ".join(opts["servers"]), hopeless)
+                cause = hopeless or (errors[-1] if errors else None)
+                raise TransportError(
+                    f"cannot connect to NATS at {', '.join(opts['servers'])}: "
+                    f"{cause or f'no connection within {limit:.0f}s'}"
+                    + ("; check PROVGRAPH_NATS_TLS_CA/CERT/KEY" if isinstance(cause, ssl.SSLError) else ""))
+    except TransportError:
+        raise
     except Exception as exc:
         cause = next((e for e in errors if _is_auth(e)), errors[-1] if errors else exc)
         raise _explain(", ".join(opts["servers"]), cause) from exc

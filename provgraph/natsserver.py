@@ -124,12 +124,16 @@ class NatsServer:
     ``user``/``password`` or ``token`` make the server require them (used to test that
     wrong credentials fail clearly). ``start()`` waits until the server accepts clients.
     ``die_with_parent`` (Linux) stops the server when this process dies, even by SIGKILL.
+    ``tls_cert``/``tls_key`` make it require TLS.
     """
 
     def __init__(self, store_dir: str | os.PathLike[str], *, port: int | None = None,
                  user: str | None = None, password: str | None = None, token: str | None = None,
-                 max_payload: int | None = None, die_with_parent: bool = False) -> None:
+                 max_payload: int | None = None, die_with_parent: bool = False,
+                 tls_cert: str | os.PathLike[str] | None = None, tls_key: str | os.PathLike[str] | None = None) -> None:
         self.store_dir = Path(store_dir)
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self.port = port or free_port()
         self.user = user
@@ -156,6 +160,8 @@ class NatsServer:
         ]
         if self.max_payload:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.tls_cert is not None:
+            lines.append(f'tls {{ cert_file: "{self.tls_cert}", key_file: "{self.tls_key}" }}')
         if self.user is not None:
             lines.append(f'authorization {{ user: "{self.user}", password: "{self.password or ""}" }}')
         elif self.token is not None:

@@ -246,7 +246,7 @@ class NatsTransport(Transport):
                     self.settings, url=self.url, disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected, connect_timeout=max(1, min(5, int(self.timeout))))
             except TransportError as exc:
-                if "rejected the credentials" in str(exc):
+                if "check PROVGRAPH_NATS_" in str(exc):  # credentials or certificates: no retry helps
                     self._fatal = exc
                     self._connected.set()
                     log.error("provgraph: %s", exc)
