@@ -135,8 +135,8 @@ def running_integrator(settings: Any, store: Any, **kwargs: Any) -> Iterator[Any
         wait_for(lambda: integrator.connected.is_set() or bool(errors), 30, "the integrator to connect")
         if errors:
             raise errors[0]
-        integrator.thread = thread
-        integrator.errors = errors
+        integrator.thread = thread  # type: ignore[attr-defined]
+        integrator.errors = errors  # type: ignore[attr-defined]
         yield integrator
     finally:
         loop.call_soon_threadsafe(stop.set)
