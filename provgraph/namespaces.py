@@ -21,6 +21,7 @@ mint the same task IRI while content-hashed entities are shared by everyone.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import quote
 
@@ -161,6 +162,14 @@ def segment(text: str) -> str:
     return quote(str(text), safe=_SAFE)
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~:@!$&'()*+,;=]")
+
+
+def _id_segment(text: str) -> str:
+    """:func:`segment`, with a fast exit for IDs that need no encoding (the usual case)."""
+    return text if _UNSAFE.search(text) is None else quote(text, safe=_SAFE)
+
+
 class Minter:
     """Mints the deterministic IRIs of one facility (see the module docstring)."""
 
@@ -170,13 +179,13 @@ class Minter:
         self.base = base
 
     def run(self, run_id: str) -> str:
-        return f"{self.base}run/{run_id}"
+        return f"{self.base}run/{_id_segment(run_id)}"
 
     def graph(self, run_id: str) -> str:
-        return f"{self.base}graph/{run_id}"
+        return f"{self.base}graph/{_id_segment(run_id)}"
 
     def task(self, task_id: str) -> str:
-        return f"{self.base}task/{task_id}"
+        return f"{self.base}task/{_id_segment(task_id)}"
 
     @staticmethod
     def workflow(name: str) -> str:

@@ -343,3 +343,22 @@ def test_batches_count_their_triples_exactly(memory: provgraph.MemoryTransport) 
     assert all(b.content_type == "application/trig" for b in memory.batches)
     quads = load(memory.nquads())
     assert sum(b.triples for b in memory.batches) == len(quads)
+
+
+def test_run_ids_with_unsafe_characters_give_valid_iris(memory: provgraph.MemoryTransport) -> None:
+    import pyoxigraph as ox
+
+    @provgraph.task
+    def f(a: int) -> int:
+        return a
+
+    with provgraph.workflow("w", run_id="my run #1 <x> {y}") as run:
+        f(1)
+    assert provgraph.flush()
+    quads = [q for b in memory.batches if b.content_type == "application/trig"
+             for q in ox.parse(b.data, format=ox.RdfFormat.TRIG)]
+    runs = {q.subject.value for q in quads if q.predicate.value.endswith("#inWorkflowRun") is False
+            and "/run/" in q.subject.value}
+    assert runs == {"urn:provgraph:local/run/my%20run%20%231%20%3Cx%3E%20%7By%7D"}
+    ident = [q.object.value for q in quads if q.predicate.value == "http://purl.org/dc/terms/identifier"]
+    assert ident == [run.run_id]
