@@ -18,7 +18,6 @@ Every batch is parsed locally first, so malformed input raises
 from __future__ import annotations
 
 import base64
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -200,27 +199,23 @@ class RemoteStore:
         self.close()
 
 
-def _term(term: Any) -> str:
+def _term(term: Any) -> ox.NamedNode | ox.Literal | ox.BlankNode:
+    """A Python value as an RDF term (strings become plain literals, never IRIs)."""
     if isinstance(term, (ox.NamedNode, ox.Literal, ox.BlankNode)):
-        return str(term)
-    if isinstance(term, str):
-        return json.dumps(term)
-    if isinstance(term, bool):
-        return "true" if term else "false"
-    if isinstance(term, (int, float)):
-        return repr(term)
+        return term
+    if isinstance(term, (str, bool, int, float)):
+        return ox.Literal(term)
     raise QueryError(f"cannot bind a {type(term).__name__} as a SPARQL term")
 
 
 def _with_values(sparql: str, substitutions: dict[str, Any]) -> str:
-    """Bind variables with a trailing VALUES clause (SPARQL 1.1 §10.2.2): terms are
-    serialized by pyoxigraph, so no user text is spliced into the query."""
-    names = list(substitutions)
-    for name in names:
-        if not name.isidentifier():
-            raise QueryError(f"invalid variable name {name!r}")
-    row = " ".join(_term(substitutions[n]) for n in names)
-    return f"{sparql}\nVALUES ({' '.join('?' + n for n in names)}) {{ ({row}) }}"
+    """Bind variables with a ``VALUES`` row at the start of the outermost ``WHERE``
+    (:func:`provgraph.queries.with_values`): the terms are serialized by pyoxigraph, so
+    no user text is spliced into the query, and filters see the bindings."""
+    from .queries import with_values
+
+    terms = {name: _term(value) for name, value in substitutions.items()}
+    return with_values(sparql, terms)  # type: ignore[arg-type]
 
 
 def _insert_data(quads: list[ox.Quad]) -> str:

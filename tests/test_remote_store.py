@@ -57,6 +57,11 @@ def test_substitutions_bind_terms_not_text(server: str) -> None:
     assert [r["s"].value for r in rows] == ["urn:a"]
     evil = 'alice" } UNION { ?s ?p ?name } #'
     assert list(store.query(q, substitutions={"name": ox.Literal(evil)})) == []
+    # plain Python values, control characters and a FILTER that reads the binding
+    store.add_nquads('<urn:c> <urn:name> "line\\nbreak \\"q\\"" <urn:g> .\n')
+    assert [r["s"].value for r in store.query(q, substitutions={"name": 'line\nbreak "q"'})] == ["urn:c"]
+    f = "SELECT ?s WHERE { ?s <urn:name> ?n FILTER(?n = ?name) }"
+    assert [r["s"].value for r in store.query(f, substitutions={"name": "bob"})] == ["urn:b"]
 
 
 def test_unreachable_server_is_a_clear_error() -> None:
