@@ -128,10 +128,6 @@ def acquisitions_upstream(store: Any, node: str) -> dict[str, Any]:
             "complete": result["complete"], "nodes": len(result["nodes"])}
 
 
-def _mib(v: Any) -> float | None:
-    return None if v is None else float(v) / 2**20
-
-
 def _pivot(rows: list[dict[str, Any]], key: str, col: str, val: str) -> dict[Any, dict[str, Any]]:
     out: dict[Any, dict[str, Any]] = defaultdict(dict)
     for r in rows:
@@ -174,20 +170,22 @@ def render(store: Any, *, metric: str = "mse", top: int = 3, order: str = "asc",
     parts.append(table(rows, ["task", *hp_names, *kpi_names]) if rows else "    (none)")
 
     tel = _rows(queries.run(store, "hyperparams_vs_telemetry", {"function": function}))
-    parts.append(f"\n(3) Hyperparameters vs telemetry ({function} tasks, per phase)")
-    by_task: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
+    parts.append(f"\n(3) Hyperparameters vs telemetry ({function} tasks; samples taken while each ran)")
+    hps: dict[str, dict[str, Any]] = defaultdict(dict)
+    samples: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in tel:
-        row = by_task[(r["task"], r["phase"])]
-        row[r["hyperparameter"]] = r["hpValue"]
-        for k in ("cpuPercent", "memoryRss", "gpuUtilization", "gpuMemoryUsed"):
-            if r.get(k) is not None:
-                row[k] = r[k]
+        hps[r["task"]][r["hyperparameter"]] = r["hpValue"]
+        samples[r["task"]][r["phase"]] = r
     tel_hp = sorted({r["hyperparameter"] for r in tel})
-    metrics = [k for k in ("cpuPercent", "memoryRss", "gpuUtilization", "gpuMemoryUsed")
-               if any(k in row for row in by_task.values())]
-    rows = [[_short(t), phase, *[row.get(h) for h in tel_hp],
-             *[_mib(row.get(k)) if k == "memoryRss" else row.get(k) for k in metrics]]
-            for (t, phase), row in sorted(by_task.items())]
-    header = ["task", "phase", *tel_hp, *[("rss MiB" if k == "memoryRss" else k) for k in metrics]]
+    rows = []
+    for t in sorted(samples):
+        ss = list(samples[t].values())
+        cpu = [float(x["cpuPercent"]) for x in ss if x.get("cpuPercent") is not None]
+        rss = [float(x["memoryRss"]) for x in ss if x.get("memoryRss") is not None]
+        gpu = [float(x["gpuUtilization"]) for x in ss if x.get("gpuUtilization") is not None]
+        rows.append([_short(t), *[hps[t].get(h) for h in tel_hp], len(ss),
+                     sum(cpu) / len(cpu) if cpu else None, max(rss) / 2**20 if rss else None,
+                     max(gpu) if gpu else None])
+    header = ["task", *tel_hp, "samples", "mean CPU %", "peak RSS MiB", "peak GPU %"]
     parts.append(table(rows, header) if rows else "    (no telemetry recorded)")
     return "\n".join(parts)

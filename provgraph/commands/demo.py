@@ -201,7 +201,8 @@ def run_demo(root: Path, *, frames: int = 12, workers: int = 2, top: int = 3, pi
         with progress.step(f"workflow 2: Dask hyperparameter search ({workers} worker processes, Dask plugins)"):
             _call([sys.executable, str(scripts / "hpsearch.py"), str(root / "frames"), str(root / "models"),
                    "--workers", str(workers), "--campaign", CAMPAIGN],
-                  env | {"PROVGRAPH_TELEMETRY": "task"}, cwd=root, log=logs / "hpsearch.out")
+                  env | {"PROVGRAPH_TELEMETRY": "sampler", "PROVGRAPH_TELEMETRY_INTERVAL": "0.02"},
+                  cwd=root, log=logs / "hpsearch.out")
             print(_indent((logs / "hpsearch.out").read_text(errors="replace"), "lr="), end="")
 
         with progress.step(f"workflow 3: MLflow evaluation of the {top} best models (MLflow observer)"):
