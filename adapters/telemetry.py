@@ -18,7 +18,8 @@ A snapshot is a list of dicts whose keys are ``pg:`` terms (``cpuPercent``,
 ``cpuTimeUser``, ``cpuTimeSystem``, ``memoryRss``, ``memoryPercent``, ``diskReadBytes``,
 ``diskWriteBytes``, ``netSentBytes``, ``netRecvBytes``, ``sampledAt``) plus ``phase``:
 process figures for CPU time, memory and disk I/O (system-wide disk counters where the
-platform has no per-process ones), system-wide network counters. Each GPU adds one dict
+platform has no per-process ones), system-wide network counters (re-read at most every
+``NET_REFRESH_S``, 50 ms). Each GPU adds one dict
 (``gpuIndex``, ``gpuMemoryUsed`` in bytes, ``gpuUtilization`` in %, ``gpuPowerWatts``),
 phase ``<phase>-gpu<i>``. No GPU, no driver or no ``pynvml`` means no GPU dicts, never an
 error; NVML is initialised once per process.
@@ -45,6 +46,9 @@ from provgraph.settings import Settings
 __all__ = ["Probe", "Sampler", "TaskTelemetry", "gpu_count", "install", "probe", "uninstall"]
 
 log = logging.getLogger("provgraph.telemetry")
+
+#: system-wide network counters are re-read at most this often (seconds)
+NET_REFRESH_S = 0.05
 Sample = dict[str, Any]
 
 
@@ -116,6 +120,8 @@ class Probe:
         self._proc = psutil.Process()
         self._proc.cpu_percent(None)  # first call primes the CPU-percent baseline
         self._proc_io = hasattr(self._proc, "io_counters")
+        self._total_memory = float(psutil.virtual_memory().total) or 1.0
+        self._net: tuple[float, Any] = (0.0, None)
         self._gpu = gpu
         self._lock = threading.Lock()
 
@@ -131,7 +137,8 @@ class Probe:
                 s["cpuTimeUser"], s["cpuTimeSystem"] = float(ct.user), float(ct.system)
                 mem = proc.memory_info()
                 s["memoryRss"] = int(mem.rss)
-                s["memoryPercent"] = round(float(proc.memory_percent()), 4)
+                # what psutil's memory_percent() computes, without re-reading /proc/meminfo
+                s["memoryPercent"] = round(mem.rss / self._total_memory * 100, 4)
                 if self._proc_io:
                     io = proc.io_counters()
                     s["diskReadBytes"], s["diskWriteBytes"] = int(io.read_bytes), int(io.write_bytes)
@@ -142,7 +149,7 @@ class Probe:
                 dio = ps.disk_io_counters()
                 if dio is not None:
                     s["diskReadBytes"], s["diskWriteBytes"] = int(dio.read_bytes), int(dio.write_bytes)
-            nio = ps.net_io_counters()
+            nio = self._net_counters()
             if nio is not None:
                 s["netSentBytes"], s["netRecvBytes"] = int(nio.bytes_sent), int(nio.bytes_recv)
         except Exception:
@@ -151,6 +158,17 @@ class Probe:
         if self._gpu:
             out.extend(_gpu_samples(phase, at))
         return out
+
+
+    def _net_counters(self) -> Any:
+        """System-wide network counters, read at most every :data:`NET_REFRESH_S` seconds
+        (reading them costs more than every process figure together)."""
+        now = time.monotonic()
+        at, value = self._net
+        if value is None or now - at >= NET_REFRESH_S:
+            value = self._psutil.net_io_counters()
+            self._net = (now, value)
+        return value
 
 
 class _ProbeHolder:
