@@ -166,8 +166,11 @@ class Emitter:
                 parts.extend(statements)
                 parts.append("}\n")
             data = "".join(parts).encode("utf-8", "replace")
-            # one triple per line (a literal never holds a raw newline)
-            triples = data.count(b"\n") - _HEADER_LINES - 2 * len(groups)
+            # one statement per line (a literal never holds a raw newline); the mapper
+            # counts the triples its compact statements hold beyond the first
+            extra = self.mapper.extra_triples
+            self.mapper.extra_triples = 0
+            triples = data.count(b"\n") - _HEADER_LINES - 2 * len(groups) + extra
             self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
         if raw:
             data = "".join(raw).encode("utf-8", "replace")
