@@ -29,7 +29,7 @@ import weakref
 from collections import deque
 from typing import Any
 
-from .mapping import TRIG_HEADER, Mapper
+from .mapping import Mapper
 from .settings import Settings
 from .transports.base import NQUADS, TRIG, Batch, Transport
 from .transports.journal import JournalTransport
@@ -60,7 +60,6 @@ class _LogOnce:
 
 
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
-_HEADER_LINES = TRIG_HEADER.count("\n")
 
 
 class Emitter:
@@ -129,16 +128,31 @@ class Emitter:
         raw: list[str] = []
         records = 0
         mapper = self.mapper
+        # Batches are cut at ``batch_size`` records, and at what the transport sends as one
+        # unit (less room for the header and graph lines) so it never re-splits them.
+        limit = self.transport.max_batch_bytes
+        budget = limit - 4096 if limit else 1 << 62
+        size = 0
+        # the mapper counts the triples its compact statements hold beyond the first
+        extra0 = mapper.extra_triples
         while q:
             item = q.popleft()
             if isinstance(item, _FlushMarker):
-                self._publish(groups, raw, records)
-                groups, raw, records = {}, [], 0
+                self._publish(groups, raw, records, mapper.extra_triples - extra0)
+                groups, raw, records, size, extra0 = {}, [], 0, 0, mapper.extra_triples
                 item.ok = self._transport_flush()
                 item.done.set()
                 continue
             try:
+                e0 = mapper.extra_triples
                 graph, statements = mapper.map(item)
+                n = 0
+                for text in statements:
+                    n += len(text)
+                if size + n > budget and records:  # this record starts the next batch
+                    self._publish(groups, raw, records, e0 - extra0)
+                    groups, raw, records, size, extra0 = {}, [], 0, 0, e0
+                size += n
                 if graph is None:
                     raw.extend(statements)
                 else:
@@ -152,25 +166,23 @@ class Emitter:
                 self._log_once(f"map:{type(item).__qualname__}", "provgraph: could not map a %s record",
                                type(item).__qualname__)
             if records >= self._batch:
-                self._publish(groups, raw, records)
-                groups, raw, records = {}, [], 0
-        self._publish(groups, raw, records)
+                self._publish(groups, raw, records, mapper.extra_triples - extra0)
+                groups, raw, records, size, extra0 = {}, [], 0, 0, mapper.extra_triples
+        self._publish(groups, raw, records, mapper.extra_triples - extra0)
 
-    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int) -> None:
-        """One TriG batch for the mapped records (and an N-Quads one for raw RDF)."""
+    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int, extra: int) -> None:
+        """One TriG batch for the mapped records (and an N-Quads one for raw RDF);
+        ``extra`` is how many triples the statements hold beyond one per line."""
         self._counts["records"] += records
         if groups:
-            parts = [TRIG_HEADER]
+            parts = [self.mapper.trig_header]
             for graph, statements in groups.items():
                 parts.append(f"{graph} {{\n")
                 parts.extend(statements)
                 parts.append("}\n")
             data = "".join(parts).encode("utf-8", "replace")
-            # one statement per line (a literal never holds a raw newline); the mapper
-            # counts the triples its compact statements hold beyond the first
-            extra = self.mapper.extra_triples
-            self.mapper.extra_triples = 0
-            triples = data.count(b"\n") - _HEADER_LINES - 2 * len(groups) + extra
+            # one statement per line (a literal never holds a raw newline)
+            triples = data.count(b"\n") - self.mapper.header_lines - 2 * len(groups) + extra
             self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
         if raw:
             data = "".join(raw).encode("utf-8", "replace")

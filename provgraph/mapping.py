@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import PurePath
@@ -211,6 +212,10 @@ def _flatten(values: dict[str, Any]) -> Iterable[tuple[str, Any]]:
             yield name, value
 
 
+#: what may follow ``task:`` unescaped in a prefixed name (IDs and parameter names usually)
+_LOCAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
 class _Slot:
     """A hole in a call template: argument ``index`` of the renderer, with a format spec."""
 
@@ -245,6 +250,9 @@ class Mapper:
     def __init__(self, settings: Settings, hasher: FileHasher | None = None) -> None:
         self.settings = settings
         self.mint = Minter(settings.iri_base)
+        #: the prefixes every batch starts with: :data:`PREFIXES` and ``task:`` for this base
+        self.trig_header = TRIG_HEADER + f"@prefix task: <{self.mint.task('')}> .\n"
+        self.header_lines = self.trig_header.count("\n")
         self.hasher = hasher or FileHasher(dir_max_files=settings.hash_dir_max_files)
         self._declared: set[tuple[str, str]] = set()
         self._heads: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -322,7 +330,7 @@ class Mapper:
         graph, lines = self.map(item)
         if graph is None:
             return "".join(lines)
-        return f"{TRIG_HEADER}{graph} {{\n{''.join(lines)}}}\n"
+        return f"{self.trig_header}{graph} {{\n{''.join(lines)}}}\n"
 
     def run_start(self, run: RunInfo) -> list[str]:
         g = self.graph_of(run)
@@ -408,8 +416,8 @@ class Mapper:
                 self._compact_heads.clear()
             cached = self._heads[key] = ("".join(parts), h)
             # the same statements as one Turtle statement with a predicate list
-            self._compact_heads[key] = (" ; ".join(p[len(t) + 1:-3] for p in parts).replace(
-                f"{_A} {_ACTIVITY} ; {_A} {_TASK}", f"{_A} {_ACTIVITY} , {_TASK}"), len(parts))
+            self._compact_heads[key] = (";".join(p[len(t) + 1:-3] for p in parts).replace(
+                f"{_A} {_ACTIVITY};{_A} {_TASK}", f"{_A} {_ACTIVITY},{_TASK}"), len(parts))
             if decl:  # first use in this graph: declare the user and host once
                 self._pending_decl.extend(decl)
         return cached
@@ -549,10 +557,12 @@ class Mapper:
         host = run.host or self.settings.hostname
         head, head_triples = self._compact_heads[(g, info.name, info.qualname, "finished", user, host)]
 
-        prefix = f"<{self.mint.task(token + '-')}"
-        t: list[str | _Slot] = [prefix, _Slot(0), ">"]
-        tpl: list[str | _Slot] = [*t, f" {head} ; {_STARTED} \"", _Slot(1), _Slot(2, "06d"),
-                                  f"Z\"^^{_X_DT} ; {_ENDED} \"", _Slot(3), _Slot(4, "06d"), f"Z\"^^{_X_DT}"]
+        # task IRIs as ``task:`` prefixed names (declared in :attr:`trig_header`) when they can be
+        prefixed = _LOCAL_NAME.fullmatch(token) is not None
+        prefix = f"task:{token}-" if prefixed else f"<{self.mint.task(token + '-')}"
+        t: list[str | _Slot] = [prefix, _Slot(0), "" if prefixed else ">"]
+        tpl: list[str | _Slot] = [*t, f" {head};{_STARTED} \"", _Slot(1), _Slot(2, "06d"),
+                                  f"Z\"^^{_X_DT};{_ENDED} \"", _Slot(3), _Slot(4, "06d"), f"Z\"^^{_X_DT}"]
         values: list[str | _Slot] = []
         used: list[list[str | _Slot]] = []
         slot = 5
@@ -562,18 +572,21 @@ class Mapper:
             seg = self._segments.get(name)
             if seg is None:
                 seg = self._segments[name] = (segment(name), literal(name))
-            e: list[str | _Slot] = [prefix, _Slot(0), f"/{direction}/{seg[0]}>"]
+            if prefixed and _LOCAL_NAME.fullmatch(seg[0]):
+                e: list[str | _Slot] = [prefix, _Slot(0), f"\\/{direction}\\/{seg[0]}"]
+            else:
+                e = [f"<{self.mint.task(token + '-')}", _Slot(0), f"/{direction}/{seg[0]}>"]
             if lit is None:
                 value: str | _Slot = _Slot(slot)
                 slot += 1
             else:
                 value = lit
-            values.extend([*e, f" {_A} {_ENTITY} ; {_PNAME} {seg[1]} ; {_VALUE} ", value])
+            values.extend([*e, f" {_A} {_ENTITY};{_PNAME} {seg[1]};{_VALUE} ", value])
             if direction == "in":
                 used.append(e)
                 values.append(" .\n")
             else:
-                values.extend([f" ; {_GEN_BY} ", *t, " .\n"])
+                values.extend([f";{_GEN_BY} ", *t, " .\n"])
 
         for name in names:
             entity("in", name, None)
@@ -582,9 +595,9 @@ class Mapper:
         if has_result:
             entity("out", "return", None)
         if used:
-            tpl.append(f" ; {_USED} ")
+            tpl.append(f";{_USED} ")
             for i, e in enumerate(used):
-                tpl.extend([" , ", *e] if i else e)
+                tpl.extend([",", *e] if i else e)
         tpl.append(" .\n")
         tpl.extend(values)
         statements = 1 + len(used) + (1 if has_result else 0)

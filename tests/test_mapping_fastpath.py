@@ -8,7 +8,7 @@ import pyoxigraph as ox
 import pytest
 
 import provgraph
-from provgraph.mapping import TRIG_HEADER, Mapper
+from provgraph.mapping import Mapper
 from provgraph.settings import load_settings
 
 
@@ -78,7 +78,7 @@ def _triples(mapper: Mapper, items: list[Any]) -> set[str]:
     out: set[str] = set()
     for item in items:
         graph, lines = mapper.map(item)
-        doc = f"{TRIG_HEADER}{graph} {{\n{''.join(lines)}}}\n" if graph else "".join(lines)
+        doc = f"{mapper.trig_header}{graph} {{\n{''.join(lines)}}}\n" if graph else "".join(lines)
         out |= {str(q) for q in ox.parse(doc.encode(), format=ox.RdfFormat.TRIG)}
     return out
 
@@ -101,3 +101,42 @@ def test_fast_path_equals_general_path() -> None:
 def test_fast_path_off_when_sampler_attaches_telemetry(telemetry: str) -> None:
     assert Mapper(load_settings(telemetry=telemetry))._fast_ok is False
     assert Mapper(load_settings())._fast_ok is True
+
+
+def test_batches_fit_the_transport_and_count_their_triples() -> None:
+    """Compact statements hold several triples a line: each batch's count is still exact,
+    and the emitter cuts batches to the transport's ``max_batch_bytes``."""
+    from provgraph.transports.memory import MemoryTransport
+
+    transport = MemoryTransport()
+    transport.max_batch_bytes = 16_384
+    provgraph.configure(transport=transport, flush_interval=3600, batch_size=50_000, queue_size=100_000)
+
+    @provgraph.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @provgraph.task
+    def note(text: str, n: int = 2) -> str:
+        return text * n
+
+    with provgraph.workflow("sized", campaign="c"):
+        for i in range(600):
+            add(i, 1)
+            note("x" * (i % 7))
+            if i % 50 == 0:
+                add(i, b=2)  # general path, one triple per line
+        assert provgraph.flush(30)
+    em = provgraph.get_emitter()
+    stats = em.stats()
+    batches = list(transport.batches)
+    provgraph.shutdown()
+    assert len(batches) > 10, "600 calls of ~800 bytes must need several 16 KiB batches"
+    total = 0
+    for batch in batches:
+        assert len(batch.data) <= 16_384
+        parsed = sum(1 for _ in ox.parse(batch.data, format=ox.RdfFormat.TRIG))
+        assert parsed == batch.triples, batch.data[:300]
+        total += parsed
+    assert stats["triples"] == total
+    assert stats["records"] >= 1_212 and stats["dropped"] == 0

@@ -71,6 +71,10 @@ class Transport:
         """Deliver ``batch`` durably or raise. Called on the emitter's thread only."""
         raise NotImplementedError
 
+    #: the largest batch this transport sends as one unit (bytes), or None for no limit:
+    #: the emitter cuts batches to fit, so the transport need not re-split them
+    max_batch_bytes: int | None = None
+
     def flush(self, timeout: float) -> bool:
         """Wait until published batches are delivered; True when they all are."""
         return True

@@ -138,6 +138,8 @@ def split_batch(batch: Batch, limit: int, graph_base: str | None = None) -> list
     single_run = None
     if graph_base and len(batch.graphs) == 1 and batch.graphs[0].startswith(graph_base):
         single_run = batch.graphs[0][len(graph_base):]
+    if len(batch.data) <= limit and (len(batch.graphs) == 1 or (not batch.graphs and ctype != TRIG)):
+        return [Part(batch.data, batch.batch_id, single_run, batch.triples)]  # the emitter's usual case
     if ctype == TRIG:
         header, start = _prefix_header(batch.data)
         blocks = _trig_blocks(batch.data, start)
@@ -214,6 +216,7 @@ class NatsTransport(Transport):
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._max_payload = 1024 * 1024
+        self.max_batch_bytes = self._max_payload - HEADER_ROOM
         self._replaying = False
         self._prefix = f"nats-{secrets.token_hex(4)}"
         self._journal = JournalTransport(self.journal_dir, max_bytes=settings.journal_max_bytes,
@@ -261,6 +264,7 @@ class NatsTransport(Transport):
             self._unreachable = False
             self._js = nc.jetstream(timeout=self.timeout)
             self._max_payload = nc.max_payload
+            self.max_batch_bytes = nc.max_payload - HEADER_ROOM
             self._connected.set()
             self._loop.create_task(self._ensure_stream())
             self._start_replay()
@@ -289,6 +293,7 @@ class NatsTransport(Transport):
         self._unreachable = False
         if self._nc is not None:
             self._max_payload = self._nc.max_payload
+            self.max_batch_bytes = self._nc.max_payload - HEADER_ROOM
         self._start_replay()
 
     # -- mode switching ----------------------------------------------------------------
