@@ -94,10 +94,13 @@ class LocalPipeline:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
-def measure(transport: str, n: int, repeats: int, nats_url: str | None) -> dict[str, Any]:
+def measure(transport: str, n: int, repeats: int, nats_url: str | None,
+            batch_size: int | None = None) -> dict[str, Any]:
     data = tempfile.mkdtemp(prefix="pg-bench-")
     overrides: dict[str, Any] = {"data_dir": data, "queue_size": max(n * 2, 1000), "transport": transport,
                                  "journal_max_bytes": 1 << 40}
+    if batch_size:
+        overrides["batch_size"] = batch_size
     if transport == "nats":
         overrides["nats_url"] = nats_url
     em = provgraph.configure(**overrides)
@@ -140,11 +143,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--transport", nargs="+", default=["store", "journal"])
     ap.add_argument("--nats-url", default=os.environ.get("PROVGRAPH_NATS_URL"))
+    ap.add_argument("--batch-size", type=int, help="records per batch (default: the settings' default)")
     args = ap.parse_args()
     pipeline = LocalPipeline() if "nats" in args.transport and not args.nats_url else None
     try:
         url = args.nats_url or (pipeline.url if pipeline else None)
-        results = [measure(t, args.n, args.repeats, url) for t in args.transport]
+        results = [measure(t, args.n, args.repeats, url, args.batch_size) for t in args.transport]
     finally:
         if pipeline is not None:
             pipeline.stop()

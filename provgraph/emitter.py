@@ -133,25 +133,25 @@ class Emitter:
         limit = self.transport.max_batch_bytes
         budget = limit - 4096 if limit else 1 << 62
         size = 0
-        # the mapper counts the triples its compact statements hold beyond the first
-        extra0 = mapper.extra_triples
+        # the mapper counts the triples of what it maps: batch = difference of its counter
+        t0 = mapper.triples
         while q:
             item = q.popleft()
             if isinstance(item, _FlushMarker):
-                self._publish(groups, raw, records, mapper.extra_triples - extra0)
-                groups, raw, records, size, extra0 = {}, [], 0, 0, mapper.extra_triples
+                self._publish(groups, raw, records, mapper.triples - t0)
+                groups, raw, records, size, t0 = {}, [], 0, 0, mapper.triples
                 item.ok = self._transport_flush()
                 item.done.set()
                 continue
             try:
-                e0 = mapper.extra_triples
+                e0 = mapper.triples
                 graph, statements = mapper.map(item)
                 n = 0
                 for text in statements:
                     n += len(text)
                 if size + n > budget and records:  # this record starts the next batch
-                    self._publish(groups, raw, records, e0 - extra0)
-                    groups, raw, records, size, extra0 = {}, [], 0, 0, e0
+                    self._publish(groups, raw, records, e0 - t0)
+                    groups, raw, records, size, t0 = {}, [], 0, 0, e0
                 size += n
                 if graph is None:
                     raw.extend(statements)
@@ -166,13 +166,13 @@ class Emitter:
                 self._log_once(f"map:{type(item).__qualname__}", "provgraph: could not map a %s record",
                                type(item).__qualname__)
             if records >= self._batch:
-                self._publish(groups, raw, records, mapper.extra_triples - extra0)
-                groups, raw, records, size, extra0 = {}, [], 0, 0, mapper.extra_triples
-        self._publish(groups, raw, records, mapper.extra_triples - extra0)
+                self._publish(groups, raw, records, mapper.triples - t0)
+                groups, raw, records, size, t0 = {}, [], 0, 0, mapper.triples
+        self._publish(groups, raw, records, mapper.triples - t0)
 
-    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int, extra: int) -> None:
-        """One TriG batch for the mapped records (and an N-Quads one for raw RDF);
-        ``extra`` is how many triples the statements hold beyond one per line."""
+    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int, triples: int) -> None:
+        """One TriG batch for the mapped records, holding ``triples`` triples (and an
+        N-Quads one for raw RDF)."""
         self._counts["records"] += records
         if groups:
             parts = [self.mapper.trig_header]
@@ -181,8 +181,6 @@ class Emitter:
                 parts.extend(statements)
                 parts.append("}\n")
             data = "".join(parts).encode("utf-8", "replace")
-            # one statement per line (a literal never holds a raw newline)
-            triples = data.count(b"\n") - self.mapper.header_lines - 2 * len(groups) + extra
             self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
         if raw:
             data = "".join(raw).encode("utf-8", "replace")

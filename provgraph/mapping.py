@@ -252,7 +252,6 @@ class Mapper:
         self.mint = Minter(settings.iri_base)
         #: the prefixes every batch starts with: :data:`PREFIXES` and ``task:`` for this base
         self.trig_header = TRIG_HEADER + f"@prefix task: <{self.mint.task('')}> .\n"
-        self.header_lines = self.trig_header.count("\n")
         self.hasher = hasher or FileHasher(dir_max_files=settings.hash_dir_max_files)
         self._declared: set[tuple[str, str]] = set()
         self._heads: dict[tuple[Any, ...], tuple[str, str]] = {}
@@ -261,8 +260,8 @@ class Mapper:
         self._graphs: dict[str, str] = {}
         self._compact_heads: dict[tuple[Any, ...], tuple[str, int]] = {}
         self._templates: dict[tuple[Any, ...], tuple[Callable[..., str], int, int] | None] = {}
-        #: triples written beyond one per line (compact statements); the emitter counts lines
-        self.extra_triples = 0
+        #: triples in every statement returned by :meth:`map` so far (batches count their own)
+        self.triples = 0
         self._second = -1
         self._second_text = ""
         # the sampler attaches telemetry while a record is built: no fast path then
@@ -301,9 +300,9 @@ class Mapper:
 
     # -- records -------------------------------------------------------------
     def map(self, item: Any) -> tuple[str | None, list[str]]:
-        """``(graph, statements)``: Turtle statements (one triple per line, prefixes of
-        :data:`PREFIXES`) for the named graph ``graph``; for a :class:`RawBatch`,
-        ``(None, [n-quads])``."""
+        """``(graph, statements)``: Turtle statements (one per line, prefixes of
+        :attr:`trig_header`) for the named graph ``graph``, and :attr:`triples` grown by
+        the triples they hold; for a :class:`RawBatch`, ``(None, [n-quads])``."""
         if isinstance(item, tuple):  # a CallRecord from the task decorator
             if self._fast_ok and getattr(item[0], "template_calls", False):
                 fast = self._fast_call(item)
@@ -311,18 +310,25 @@ class Mapper:
                     return fast
             rec = item[0].to_record(item)
             g = self.graph_of(rec.run)
-            return g, self.task(rec, g)
-        if isinstance(item, TaskRecord):
+            lines = self.task(rec, g)
+        elif isinstance(item, TaskRecord):
             g = self.graph_of(item.run)
-            return g, self.task(item, g)
-        if isinstance(item, RunInfo):
-            return self.graph_of(item), self.run_start(item)
-        if isinstance(item, RunEnd):
-            return self.graph_of(item.run), self.run_end(item)
-        if isinstance(item, RunIO):
-            return self.graph_of(item.run), self.run_io(item)
-        if isinstance(item, RawBatch):
+            lines = self.task(item, g)
+        elif isinstance(item, RunInfo):
+            g, lines = self.graph_of(item), self.run_start(item)
+        elif isinstance(item, RunEnd):
+            g, lines = self.graph_of(item.run), self.run_end(item)
+        elif isinstance(item, RunIO):
+            g, lines = self.graph_of(item.run), self.run_io(item)
+        elif isinstance(item, RawBatch):
             return None, [item.nquads if item.nquads.endswith("\n") else item.nquads + "\n"]
+        else:
+            raise TypeError(f"cannot map {type(item).__qualname__}")
+        # the general path writes one triple per line (a literal never holds a raw newline)
+        for text in lines:
+            self.triples += text.count("\n")
+        return g, lines
+
         raise TypeError(f"cannot map {type(item).__qualname__}")
 
     def to_trig(self, item: Any) -> str:
@@ -485,7 +491,7 @@ class Mapper:
             self._templates[key] = tpl
         if tpl is None:
             return None
-        render, skip, extra = tpl
+        render, skip, triples = tpl
         # slots: {0} task number, {1}{2} start second and microseconds, {3}{4} end, {5}... values
         s0, r0 = divmod(t0, 1_000_000_000)
         s1, r1 = divmod(t1, 1_000_000_000)
@@ -517,12 +523,15 @@ class Mapper:
         lines: list[str] = []
         if self._pending_decl:
             lines.extend(self._pending_decl)
+            self.triples += len(self._pending_decl)
             self._pending_decl.clear()
         lines.append(render(*slots))
-        self.extra_triples += extra
         if parent is not None:
             lines.append(f"<{self.mint.task(f'{frame.token}-{frame.n}')}> {_PARENT} "
                          f"<{self.mint.task(f'{parent.token}-{parent.n}')}> .\n")
+            self.triples += triples + 1
+        else:
+            self.triples += triples
         return g, lines
 
     def _second_prefix(self, second: int) -> str:
@@ -534,7 +543,7 @@ class Mapper:
 
     def _build_template(self, info: Any, run: RunInfo, nargs: int, has_result: bool,
                         token: str) -> tuple[Callable[..., str], int, int] | None:
-        """``(renderer, leading arguments to skip, triples beyond one per line)`` for calls
+        """``(renderer, leading arguments to skip, triples it writes)`` for calls
         of ``info`` with ``nargs`` positional arguments in process ``token``; None if such
         calls need the general path. The renderer takes the task number, the start
         second's prefix and microseconds, the end's, then one literal per value."""
@@ -600,9 +609,8 @@ class Mapper:
                 tpl.extend([",", *e] if i else e)
         tpl.append(" .\n")
         tpl.extend(values)
-        statements = 1 + len(used) + (1 if has_result else 0)
         triples = head_triples + 2 + len(used) + 3 * (len(used) + (1 if has_result else 0)) + (1 if has_result else 0)
-        return _compile(tpl, slot), skip, triples - statements
+        return _compile(tpl, slot), skip, triples
 
     def _scalar_lines(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
                       lines: list[str]) -> bool:

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     integrator_commit: Literal["bulk", "transaction"] = Field(
         default="bulk", description="bulk: Oxigraph bulk loader per fetch (fast; acked after it returns); "
         "transaction: one ACID transaction per fetch")
+    integrator_nice: int = Field(
+        default=10, ge=0, le=19, description="scheduling niceness `provgraph serve` takes after starting "
+        "nats-server: on a shared machine the science runs first, the integrator catches up when it can "
+        "(0 = same priority)")
     journal_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
     queue_size: int = Field(default=100_000, ge=16)
     batch_size: int = Field(default=2_000, ge=1)

@@ -334,3 +334,49 @@ def test_publisher_with_publish_only_permissions(tmp_path: Path) -> None:
             assert transport.close(5)
             wait_for(lambda: integrator.metrics.counters["committed_batches"] == 20, 30, "20 batches")
         assert len(store) == 20
+
+
+def _nice(pid: int, tid: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads priorities from /proc")
+def test_serve_starts_its_own_nats_and_yields_the_cpu_to_the_workflow(tmp_path: Path) -> None:
+    """With no NATS URL, ``serve`` starts nats-server at normal priority and runs the
+    integrator at ``integrator_nice``; a workflow's tasks arrive over the local pipeline."""
+    from tests.support.servers import free_port
+
+    data = tmp_path / "serve-data"
+    with serve_process(data, None, "--nats-port", str(free_port())) as proc:
+        wait_for(lambda: (data / "serve.json").exists() or proc.poll() is not None, 60, "serve.json")
+        assert proc.poll() is None, "provgraph serve exited"
+        info = json.loads((data / "serve.json").read_text())
+        assert info["managed_nats"] is True and info["nats_pid"]
+        assert _nice(int(info["pid"])) == 10
+        assert _nice(int(info["nats_pid"])) == 0, "nats-server acknowledges publishes: not lowered"
+        provgraph.configure(load_settings(data_dir=data))
+        assert provgraph.get_emitter().transport.name == "nats"
+
+        @provgraph.task
+        def double(a: int) -> int:
+            return 2 * a
+
+        with provgraph.workflow("local-pipeline", run_id="lp-1"):
+            for i in range(20):
+                double(i)
+        assert provgraph.flush(30)
+        query = "SELECT (COUNT(?t) AS ?n) WHERE { ?t a <https://w3id.org/provgraph/ns#Task> }"
+
+        def count() -> int:
+            url = f"{info['http_url']}/sparql?" + urllib.parse.urlencode({"query": query})
+            req = urllib.request.Request(url, headers={"Accept": "application/sparql-results+json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(json.load(resp)["results"]["bindings"][0]["n"]["value"])
+
+        wait_for(lambda: count() == 20, 60, "20 tasks in the store")
+        # every thread of serve (the store's, the integrator's workers) runs lowered
+        pid = int(info["pid"])
+        nices = [_nice(pid, int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(nices) >= 3 and set(nices) == {10}, nices
+    provgraph.shutdown()

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import ProvgraphError, TransportError, require
@@ -77,6 +78,26 @@ def _http_app(store: Any, settings: Any, metrics: Callable[[], str]) -> Any:
     return Starlette(routes=[Route("/metrics", metrics_endpoint)])
 
 
+def _lower_priority(nice: int) -> None:
+    """Lower the priority of every thread of this process (the store's own threads
+    included) and so of the threads it starts from now on; nats-server, started before,
+    keeps its own. Linux sets priorities per thread, other systems per process."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tasks = Path("/proc/self/task")
+        tids = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]
+        for tid in tids:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+            except ProcessLookupError:  # a thread that just ended
+                continue
+        log.info("serve: integrator runs at niceness %d (integrator_nice)", nice)
+    except OSError as exc:  # pragma: no cover - a sandbox may refuse
+        log.warning("serve: could not lower the integrator's priority (%s)", exc)
+
+
 async def _serve(args: argparse.Namespace, settings: Any) -> int:
     from ..integrator import Integrator
     from ..metrics import Metrics
@@ -101,6 +122,7 @@ async def _serve(args: argparse.Namespace, settings: Any) -> int:
             raise
         url = nats.url
         log.info("serve: started nats-server on %s (files in %s)", url, nats.store_dir)
+    _lower_priority(settings.integrator_nice)
     metrics = Metrics()
     integrator = Integrator(settings, store, metrics=metrics, url=url)
     server: Any = None
