@@ -229,18 +229,16 @@ class _Slot:
 def _compile(pieces: list[str | _Slot], slots: int) -> Callable[..., str]:
     """A function of ``slots`` arguments that concatenates ``pieces`` (text, and slots
     filled with its arguments), compiled to one f-string: CPython builds it in a single
-    pass, ~3x faster than ``str.format``. Text enters only as bound constants, never as code."""
-    consts: dict[str, Any] = {"__builtins__": {}}
+    pass, ~3x faster than ``str.format``. Text enters the source only as ``repr()``
+    literals, which the compiler joins with the f-string parts."""
     src: list[str] = []
     for piece in pieces:
         if isinstance(piece, _Slot):
-            src.append(f"{{a{piece.index}:{piece.spec}}}" if piece.spec else f"{{a{piece.index}}}")
+            src.append(f"f'{{a{piece.index}:{piece.spec}}}'" if piece.spec else f"f'{{a{piece.index}}}'")
         elif piece:
-            name = f"c{len(consts)}"
-            consts[name] = piece
-            src.append(f"{{{name}}}")
+            src.append(repr(piece))
     params = ",".join(f"a{i}" for i in range(slots))
-    fn: Callable[..., str] = eval(f"lambda {params}: f'{''.join(src)}'", consts)
+    fn: Callable[..., str] = eval(f"lambda {params}: ({' '.join(src) or repr('')})", {"__builtins__": {}})
     return fn
 
 
@@ -259,7 +257,7 @@ class Mapper:
         self._segments: dict[str, tuple[str, str]] = {}
         self._graphs: dict[str, str] = {}
         self._compact_heads: dict[tuple[Any, ...], tuple[str, int]] = {}
-        self._templates: dict[tuple[Any, ...], tuple[Callable[..., str], int, int] | None] = {}
+        self._templates: dict[tuple[Any, ...], tuple[Callable[..., str], int, int, str] | None] = {}
         #: triples in every statement returned by :meth:`map` so far (batches count their own)
         self.triples = 0
         self._second = -1
@@ -303,7 +301,7 @@ class Mapper:
         """``(graph, statements)``: Turtle statements (one per line, prefixes of
         :attr:`trig_header`) for the named graph ``graph``, and :attr:`triples` grown by
         the triples they hold; for a :class:`RawBatch`, ``(None, [n-quads])``."""
-        if isinstance(item, tuple):  # a CallRecord from the task decorator
+        if type(item) is tuple:  # a CallRecord from the task decorator
             if self._fast_ok and getattr(item[0], "template_calls", False):
                 fast = self._fast_call(item)
                 if fast is not None:
@@ -482,7 +480,7 @@ class Mapper:
         if exc is not None or kwargs or frame.extras or t1 is None or t0 is None:
             return None
         run = frame.run
-        key = (info, run.run_id, len(args), result is not None, frame.token)
+        key = (info, run, len(args), result is None, frame.token)
         tpl = self._templates.get(key, False)
         if tpl is False:
             tpl = self._build_template(info, run, len(args), result is not None, frame.token)
@@ -491,7 +489,7 @@ class Mapper:
             self._templates[key] = tpl
         if tpl is None:
             return None
-        render, skip, triples = tpl
+        render, skip, triples, g = tpl
         # slots: {0} task number, {1}{2} start second and microseconds, {3}{4} end, {5}... values
         s0, r0 = divmod(t0, 1_000_000_000)
         s1, r1 = divmod(t1, 1_000_000_000)
@@ -519,7 +517,9 @@ class Mapper:
                 slots.append('"' + result.translate(_ESC) + '"')
             else:
                 return None
-        g = self._graphs.get(run.run_id) or self.graph_of(run)
+        if parent is None and not self._pending_decl:
+            self.triples += triples
+            return g, [render(*slots)]
         lines: list[str] = []
         if self._pending_decl:
             lines.extend(self._pending_decl)
@@ -542,8 +542,8 @@ class Mapper:
         return text
 
     def _build_template(self, info: Any, run: RunInfo, nargs: int, has_result: bool,
-                        token: str) -> tuple[Callable[..., str], int, int] | None:
-        """``(renderer, leading arguments to skip, triples it writes)`` for calls
+                        token: str) -> tuple[Callable[..., str], int, int, str] | None:
+        """``(renderer, leading arguments to skip, triples it writes, graph)`` for calls
         of ``info`` with ``nargs`` positional arguments in process ``token``; None if such
         calls need the general path. The renderer takes the task number, the start
         second's prefix and microseconds, the end's, then one literal per value."""
@@ -610,7 +610,7 @@ class Mapper:
         tpl.append(" .\n")
         tpl.extend(values)
         triples = head_triples + 2 + len(used) + 3 * (len(used) + (1 if has_result else 0)) + (1 if has_result else 0)
-        return _compile(tpl, slot), skip, triples
+        return _compile(tpl, slot), skip, triples, g
 
     def _scalar_lines(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
                       lines: list[str]) -> bool:
