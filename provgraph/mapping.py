@@ -217,28 +217,66 @@ _LOCAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 
 class _Slot:
-    """A hole in a call template: argument ``index`` of the renderer, with a format spec."""
+    """A hole in a call template, filled with variable ``a<index>`` of the renderer."""
 
-    __slots__ = ("index", "spec")
+    __slots__ = ("index",)
 
-    def __init__(self, index: int, spec: str = "") -> None:
+    def __init__(self, index: int) -> None:
         self.index = index
-        self.spec = spec
 
 
-def _compile(pieces: list[str | _Slot], slots: int) -> Callable[..., str]:
-    """A function of ``slots`` arguments that concatenates ``pieces`` (text, and slots
-    filled with its arguments), compiled to one f-string: CPython builds it in a single
-    pass, ~3x faster than ``str.format``. Text enters the source only as ``repr()``
-    literals, which the compiler joins with the f-string parts."""
+# How the renderer turns value ``x`` into its literal: ints as they are (the f-string
+# formats them), short plain strings quoted, floats and bools by :func:`literal`; None
+# (general path) for anything else: a string that may name a file, a container, ...
+_CHECK = """
+    t = type({x})
+    if t is not int:
+        if t is str and len({x}) < 256 and "/" not in {x} and "." not in {x} and "\\\\" not in {x}:
+            {x} = '"' + {x}.translate(ESC) + '"'
+        elif t is float or t is bool:
+            {x} = literal({x})
+        else:
+            return None"""
+
+
+def _compile(pieces: list[str | _Slot], slots: int, skip: int, nargs: int, has_result: bool,
+             mapper: Mapper) -> Callable[..., str | None]:
+    """The renderer of one call template: a function specialised to its arity that checks
+    each value, formats the times and builds the statements as one f-string (CPython
+    builds it in a single pass). ``pieces`` are text and slots: ``a0`` the task number,
+    ``a1``/``a3`` the start/end second's ``YYYY-MM-DDTHH:MM:SS.``, ``a2``/``a4`` their
+    microseconds (the last six digits of the time in µs), ``a5``... the values. Text
+    enters the source only as ``repr()`` literals."""
     src: list[str] = []
     for piece in pieces:
         if isinstance(piece, _Slot):
-            src.append(f"f'{{a{piece.index}:{piece.spec}}}'" if piece.spec else f"f'{{a{piece.index}}}'")
+            i = piece.index
+            src.append(f"f'{{a{i}}}'")
         elif piece:
             src.append(repr(piece))
-    params = ",".join(f"a{i}" for i in range(slots))
-    fn: Callable[..., str] = eval(f"lambda {params}: ({' '.join(src) or repr('')})", {"__builtins__": {}})
+    values = [f"a{i}" for i in range(5, slots)]
+    names = ["_"] * skip + values[: nargs - skip]
+    code = ["def render(a0, a2, a4, args, result):"]
+    if nargs:
+        code.append(f"    {', '.join(names)}, = args")
+    if has_result:
+        code.append(f"    {values[-1]} = result")
+    for x in values:
+        code.append(_CHECK.format(x=x))
+    code.append("""
+    s = a2 // 1000000000
+    a1 = cache[1] if s == cache[0] else second(s)
+    e = a4 // 1000000000
+    a3 = a1 if e == s else second(e)
+    a2 = str(a2 // 1000)[-6:]
+    a4 = str(a4 // 1000)[-6:]""")
+    code.append(f"    return ({' '.join(src)})")
+    scope: dict[str, Any] = {"__builtins__": {"len": len, "type": type, "int": int, "str": str,
+                                              "float": float, "bool": bool},
+                             "ESC": _ESC, "literal": literal, "cache": mapper._second,
+                             "second": mapper._second_prefix}
+    exec("\n".join(code), scope)
+    fn: Callable[..., str | None] = scope["render"]
     return fn
 
 
@@ -257,11 +295,10 @@ class Mapper:
         self._segments: dict[str, tuple[str, str]] = {}
         self._graphs: dict[str, str] = {}
         self._compact_heads: dict[tuple[Any, ...], tuple[str, int]] = {}
-        self._templates: dict[tuple[Any, ...], tuple[Callable[..., str], int, int, str] | None] = {}
+        self._templates: dict[tuple[Any, ...], tuple[Callable[..., str | None], int, str] | None] = {}
         #: triples in every statement returned by :meth:`map` so far (batches count their own)
         self.triples = 0
-        self._second = -1
-        self._second_text = ""
+        self._second: list[Any] = [-1, ""]  # the last second formatted, and its text
         # the sampler attaches telemetry while a record is built: no fast path then
         self._fast_ok = settings.telemetry != "sampler"
 
@@ -479,53 +516,28 @@ class Mapper:
         info, frame, parent, args, kwargs, t0, t1, result, exc = item
         if exc is not None or kwargs or frame.extras or t1 is None or t0 is None:
             return None
-        run = frame.run
-        key = (info, run, len(args), result is None, frame.token)
+        key = (info, frame.run, len(args), result is None, frame.token)
         tpl = self._templates.get(key, False)
         if tpl is False:
-            tpl = self._build_template(info, run, len(args), result is not None, frame.token)
+            tpl = self._build_template(info, frame.run, len(args), result is not None, frame.token)
             if len(self._templates) > 10_000:
                 self._templates.clear()
             self._templates[key] = tpl
         if tpl is None:
             return None
-        render, skip, triples, g = tpl
-        # slots: {0} task number, {1}{2} start second and microseconds, {3}{4} end, {5}... values
-        s0, r0 = divmod(t0, 1_000_000_000)
-        s1, r1 = divmod(t1, 1_000_000_000)
-        p0 = self._second_text if s0 == self._second else self._second_prefix(s0)
-        p1 = p0 if s1 == s0 else self._second_prefix(s1)
-        slots: list[Any] = [str(frame.n), p0, r0 // 1000, p1, r1 // 1000]
-        for v in (args[skip:] if skip else args):
-            vt = type(v)
-            if vt is int:
-                slots.append(str(v))
-            elif vt is float or vt is bool:
-                slots.append(literal(v))
-            elif vt is str and len(v) < 256 and "/" not in v and "." not in v and "\\" not in v:
-                slots.append('"' + v.translate(_ESC) + '"')
-            else:
-                return None
-        if result is not None:
-            rt = type(result)
-            if rt is int:
-                slots.append(str(result))
-            elif rt is float or rt is bool:
-                slots.append(literal(result))
-            elif rt is str and len(result) < 256 and "/" not in result and "." not in result \
-                    and "\\" not in result:
-                slots.append('"' + result.translate(_ESC) + '"')
-            else:
-                return None
+        render, triples, g = tpl
+        text = render(frame.n, t0, t1, args, result)
+        if text is None:
+            return None
         if parent is None and not self._pending_decl:
             self.triples += triples
-            return g, [render(*slots)]
+            return g, [text]
         lines: list[str] = []
         if self._pending_decl:
             lines.extend(self._pending_decl)
             self.triples += len(self._pending_decl)
             self._pending_decl.clear()
-        lines.append(render(*slots))
+        lines.append(text)
         if parent is not None:
             lines.append(f"<{self.mint.task(f'{frame.token}-{frame.n}')}> {_PARENT} "
                          f"<{self.mint.task(f'{parent.token}-{parent.n}')}> .\n")
@@ -538,15 +550,15 @@ class Mapper:
         """``YYYY-MM-DDTHH:MM:SS.`` of a Unix second (UTC), cached for the current second."""
         minute, sec = divmod(second, 60)
         text = time_literal(minute * 60 * 1_000_000_000)[1:18] + f"{sec:02d}."
-        self._second, self._second_text = second, text
+        self._second[0], self._second[1] = second, text
         return text
 
     def _build_template(self, info: Any, run: RunInfo, nargs: int, has_result: bool,
-                        token: str) -> tuple[Callable[..., str], int, int, str] | None:
-        """``(renderer, leading arguments to skip, triples it writes, graph)`` for calls
-        of ``info`` with ``nargs`` positional arguments in process ``token``; None if such
-        calls need the general path. The renderer takes the task number, the start
-        second's prefix and microseconds, the end's, then one literal per value."""
+                        token: str) -> tuple[Callable[..., str | None], int, str] | None:
+        """``(renderer, triples it writes, graph)`` for calls of ``info`` with ``nargs``
+        positional arguments in process ``token``; None if such calls need the general
+        path. The renderer takes ``(task number, start ns, end ns, args, result)`` and
+        returns the statements, or None when a value is not a small scalar."""
         positional, _, defaults = info._signature()
         if nargs > len(positional):
             return None
@@ -570,8 +582,8 @@ class Mapper:
         prefixed = _LOCAL_NAME.fullmatch(token) is not None
         prefix = f"task:{token}-" if prefixed else f"<{self.mint.task(token + '-')}"
         t: list[str | _Slot] = [prefix, _Slot(0), "" if prefixed else ">"]
-        tpl: list[str | _Slot] = [*t, f" {head};{_STARTED} \"", _Slot(1), _Slot(2, "06d"),
-                                  f"Z\"^^{_X_DT};{_ENDED} \"", _Slot(3), _Slot(4, "06d"), f"Z\"^^{_X_DT}"]
+        tpl: list[str | _Slot] = [*t, f" {head};{_STARTED} \"", _Slot(1), _Slot(2),
+                                  f"Z\"^^{_X_DT};{_ENDED} \"", _Slot(3), _Slot(4), f"Z\"^^{_X_DT}"]
         values: list[str | _Slot] = []
         used: list[list[str | _Slot]] = []
         slot = 5
@@ -610,7 +622,7 @@ class Mapper:
         tpl.append(" .\n")
         tpl.extend(values)
         triples = head_triples + 2 + len(used) + 3 * (len(used) + (1 if has_result else 0)) + (1 if has_result else 0)
-        return _compile(tpl, slot), skip, triples, g
+        return _compile(tpl, slot, skip, nargs, has_result, self), triples, g
 
     def _scalar_lines(self, t_iri: str, t: str, g: str, direction: str, name: str, value: Any,
                       lines: list[str]) -> bool:
