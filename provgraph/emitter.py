@@ -70,6 +70,7 @@ class Emitter:
         self.transport = transport
         self.settings = settings
         self.mapper = mapper or Mapper(settings)
+        self._header = self.mapper.trig_header.encode("utf-8")
         self._spill = spill
         self._max = settings.queue_size
         self._batch = settings.batch_size
@@ -124,8 +125,8 @@ class Emitter:
                 return
 
     def _drain(self, q: deque[Any]) -> None:
-        groups: dict[str, list[str]] = {}
-        raw: list[str] = []
+        groups: dict[str, list[bytes]] = {}
+        raw: list[bytes] = []
         records = 0
         mapper = self.mapper
         # Batches are cut at ``batch_size`` records, and at what the transport sends as one
@@ -146,20 +147,22 @@ class Emitter:
             try:
                 e0 = mapper.triples
                 graph, statements = mapper.map(item)
+                # encoded one by one: joining bytes then needs one big buffer, not two
+                encoded = [text.encode("utf-8", "replace") for text in statements]
                 n = 0
-                for text in statements:
-                    n += len(text)
+                for data in encoded:
+                    n += len(data)
                 if size + n > budget and records:  # this record starts the next batch
                     self._publish(groups, raw, records, e0 - t0)
                     groups, raw, records, size, t0 = {}, [], 0, 0, e0
                 size += n
                 if graph is None:
-                    raw.extend(statements)
+                    raw.extend(encoded)
                 else:
                     group = groups.get(graph)
                     if group is None:
                         group = groups[graph] = []
-                    group.extend(statements)
+                    group.extend(encoded)
                 records += 1
             except Exception:  # noqa: BLE001
                 self._counts["failed_records"] += 1
@@ -170,20 +173,19 @@ class Emitter:
                 groups, raw, records, size, t0 = {}, [], 0, 0, mapper.triples
         self._publish(groups, raw, records, mapper.triples - t0)
 
-    def _publish(self, groups: dict[str, list[str]], raw: list[str], records: int, triples: int) -> None:
+    def _publish(self, groups: dict[str, list[bytes]], raw: list[bytes], records: int, triples: int) -> None:
         """One TriG batch for the mapped records, holding ``triples`` triples (and an
         N-Quads one for raw RDF)."""
         self._counts["records"] += records
         if groups:
-            parts = [self.mapper.trig_header]
+            parts = [self._header]
             for graph, statements in groups.items():
-                parts.append(f"{graph} {{\n")
+                parts.append(f"{graph} {{\n".encode("utf-8", "replace"))
                 parts.extend(statements)
-                parts.append("}\n")
-            data = "".join(parts).encode("utf-8", "replace")
-            self._send(data, triples, tuple(g[1:-1] for g in groups), TRIG)
+                parts.append(b"}\n")
+            self._send(b"".join(parts), triples, tuple(g[1:-1] for g in groups), TRIG)
         if raw:
-            data = "".join(raw).encode("utf-8", "replace")
+            data = b"".join(raw)
             self._send(data, data.count(b"\n"), (), NQUADS)
 
     def _send(self, data: bytes, triples: int, graphs: tuple[str, ...], content_type: str) -> None:
