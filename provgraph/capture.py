@@ -26,7 +26,7 @@ from typing import Any, TypeVar, cast, overload
 
 from .emitter import Emitter
 from .errors import ConfigError
-from .records import ErrorInfo, RunEnd, RunInfo, RunIO, TaskRecord
+from .records import FUNCTIONS, ErrorInfo, RunEnd, RunInfo, RunIO, TaskRecord, register_function, register_run, run_of
 from .settings import Settings, load_settings
 from .transports import Transport, create_transport
 
@@ -196,6 +196,7 @@ def _default_run() -> RunInfo:
                 argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
                 run = RunInfo(uuid.uuid4().hex, argv0 or "python", campaign=s.campaign, user=s.user,
                               host=s.hostname, attributes={"implicit": True})
+                register_run(run)
                 _State.default_run = run
                 em = _State.emitter
                 if em is not None:
@@ -257,6 +258,7 @@ class workflow:  # noqa: N801 - used like a function: ``with provgraph.workflow(
                            campaign=self.campaign or (parent.campaign if parent else None) or s.campaign,
                            user=s.user, host=s.hostname, parent_run_id=parent.run_id if parent else None,
                            attributes=self.attributes, source_tool=self.source_tool)
+        register_run(self.run)
         self._token = _run.set(self.run)
         em.emit_control(self.run)
         return self.run
@@ -300,16 +302,31 @@ _SKIP = frozenset({"self", "cls"})
 class FunctionInfo:
     """What the background thread needs to turn a call tuple into a :class:`TaskRecord`."""
 
-    __slots__ = ("_params", "fn", "name", "qualname")
-    #: its call tuples ``(info, frame, parent, args, kwargs, t0, t1, result, exc)`` may be
-    #: mapped by the mapper's per-function templates (other tuple producers: False)
-    template_calls = True
+    __slots__ = ("_params", "fn", "index", "name", "qualname")
 
     def __init__(self, fn: Callable[..., Any], name: str | None) -> None:
         self.fn = fn
         self.qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         self.name: str = name or str(getattr(fn, "__name__", "task"))
         self._params: tuple[list[str], str | None, dict[str, Any]] | None = None
+        self.index = -1
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any], name: str | None) -> FunctionInfo:
+        """The registered info of ``fn`` (see :data:`provgraph.records.FUNCTIONS`). Functions
+        that share code, name and (no) defaults share one: decorating a lambda in a loop
+        does not grow the registry; others are registered by identity."""
+        info = cls(fn, name)
+        code = getattr(fn, "__code__", None)
+        if code is not None and getattr(fn, "__defaults__", None) is None \
+                and getattr(fn, "__kwdefaults__", None) is None:
+            key: Any = (code, info.name, info.qualname)
+        else:
+            key = ("id", id(fn), info.name)
+        index = register_function(info, key)
+        registered: FunctionInfo = FUNCTIONS[index]
+        registered.index = index
+        return registered
 
     def _signature(self) -> tuple[list[str], str | None, dict[str, Any]]:
         if self._params is None:
@@ -349,17 +366,18 @@ class FunctionInfo:
         return bound
 
     def to_record(self, call: tuple[Any, ...]) -> TaskRecord:
-        _, frame, parent, args, kwargs, t0, t1, result, exc = call
+        """The :class:`TaskRecord` of a call record (layout: :mod:`provgraph.records`)."""
+        _, run_id, token, n, ptoken, pn, args, kwargs, t0, t1, result, exc, extras = call
         rec = TaskRecord(
-            task_id=f"{frame.token}-{frame.n}", run=frame.run, name=self.name, started_ns=t0, ended_ns=t1,
-            inputs=self.bind(args, kwargs), outputs=_outputs(result), function=self.qualname,
-            parent_id=None if parent is None else f"{parent.token}-{parent.n}",
+            task_id=f"{token}-{n}", run=run_of(run_id), name=self.name, started_ns=t0, ended_ns=t1,
+            inputs=self.bind(args, kwargs or {}), outputs=_outputs(result), function=self.qualname,
+            parent_id=None if ptoken is None else f"{ptoken}-{pn}",
         )
         if exc is not None:
             rec.status = "failed"
             rec.error = ErrorInfo.from_exception(exc)
-        if frame.extras:
-            for direction, name, value in frame.extras:
+        if extras:
+            for direction, name, value in extras:
                 if direction == "telemetry":
                     rec.telemetry.append(value)
                     continue
@@ -423,7 +441,7 @@ def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F]
 
 
 def _decorate(fn: F, name: str | None) -> F:
-    info = FunctionInfo(fn, name)
+    info = FunctionInfo.of(fn, name)
     if inspect.iscoroutinefunction(fn):
         wrapped = _wrap_async(fn, info)
     elif inspect.isgeneratorfunction(fn):
@@ -434,7 +452,7 @@ def _decorate(fn: F, name: str | None) -> F:
 
 
 def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
-    frame_var, run_var, ids = _frame, _run, _Process
+    frame_var, run_var, ids, fid = _frame, _run, _Process, info.index
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -455,16 +473,27 @@ def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]
             frame_var.reset(token)
             if probe is not None:
                 _telemetry_mark(frame, probe, False)
-            em.emit((info, frame, parent, args, kwargs, t0, t1, None, exc))
+            em.emit(_call_record(fid, frame, parent, args, kwargs, t0, t1, None, exc))
             raise
         t1 = _time_ns()
         frame_var.reset(token)
         if probe is not None:
             _telemetry_mark(frame, probe, False)
-        em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
+        if parent is None:  # the common case, inline (see provgraph.records for the layout)
+            em.emit((fid, frame.run.run_id, frame.token, frame.n, None, None, args, kwargs or None, t0, t1,
+                     result, None, frame.extras))
+        else:
+            em.emit(_call_record(fid, frame, parent, args, kwargs, t0, t1, result, None))
         return result
 
     return wrapper
+
+
+def _call_record(fid: int, frame: _Frame, parent: _Frame | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 t0: int, t1: int, result: Any, exc: BaseException | None) -> tuple[Any, ...]:
+    """A call record (layout: :mod:`provgraph.records`): no frame objects in it."""
+    return (fid, frame.run.run_id, frame.token, frame.n, None if parent is None else parent.token,
+            None if parent is None else parent.n, args, kwargs or None, t0, t1, result, exc, frame.extras)
 
 
 def _wrap_async(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:
@@ -487,13 +516,13 @@ def _wrap_async(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any
             _frame.reset(token)
             if probe is not None:
                 _telemetry_mark(frame, probe, False)
-            em.emit((info, frame, parent, args, kwargs, t0, t1, None, exc))
+            em.emit(_call_record(info.index, frame, parent, args, kwargs, t0, t1, None, exc))
             raise
         t1 = _time_ns()
         _frame.reset(token)
         if probe is not None:
             _telemetry_mark(frame, probe, False)
-        em.emit((info, frame, parent, args, kwargs, t0, t1, result, None))
+        em.emit(_call_record(info.index, frame, parent, args, kwargs, t0, t1, result, None))
         return result
 
     return wrapper
@@ -544,7 +573,8 @@ def _wrap_generator(fn: Callable[..., Any], info: FunctionInfo) -> Callable[...,
             exc_out = exc
             raise
         finally:
-            em.emit((info, frame, parent, args, kwargs, t0, _time_ns(), _Yielded(items), exc_out))
+            em.emit(_call_record(info.index, frame, parent, args, kwargs, t0, _time_ns(), _Yielded(items),
+                                 exc_out))
 
     return wrapper
 

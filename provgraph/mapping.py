@@ -27,7 +27,7 @@ from typing import Any
 
 from .hashing import FileHasher, hash_array, hash_bytes
 from .namespaces import DCTERMS, DCTERMS_NS, PG, PG_NS, PROV, PROV_NS, RDFS, RDFS_NS, XSD, XSD_NS, Minter, segment
-from .records import Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord
+from .records import FUNCTIONS, Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord, run_of
 from .settings import Settings
 
 __all__ = ["Mapper", "classify", "iri", "literal"]
@@ -338,12 +338,16 @@ class Mapper:
         """``(graph, statements)``: Turtle statements (one per line, prefixes of
         :attr:`trig_header`) for the named graph ``graph``, and :attr:`triples` grown by
         the triples they hold; for a :class:`RawBatch`, ``(None, [n-quads])``."""
-        if type(item) is tuple:  # a CallRecord from the task decorator
-            if self._fast_ok and getattr(item[0], "template_calls", False):
-                fast = self._fast_call(item)
-                if fast is not None:
-                    return fast
-            rec = item[0].to_record(item)
+        if type(item) is tuple:
+            first = item[0]
+            if type(first) is int:  # a call record of the task decorator (see provgraph.records)
+                if self._fast_ok:
+                    fast = self._fast_call(item)
+                    if fast is not None:
+                        return fast
+                rec = FUNCTIONS[first].to_record(item)
+            else:  # an adapter's tuple: (builder, ...)
+                rec = first.to_record(item)
             g = self.graph_of(rec.run)
             lines = self.task(rec, g)
         elif isinstance(item, TaskRecord):
@@ -513,23 +517,23 @@ class Mapper:
         used/generated or telemetry, a value that may be a file, a structured result).
         Produces exactly the triples of :meth:`task` (tests compare both), written as
         compact Turtle: one statement per subject, with predicate lists."""
-        info, frame, parent, args, kwargs, t0, t1, result, exc = item
-        if exc is not None or kwargs or frame.extras or t1 is None or t0 is None:
+        fid, run_id, token, n, ptoken, pn, args, kwargs, t0, t1, result, exc, extras = item
+        if exc is not None or kwargs or extras or t1 is None or t0 is None:
             return None
-        key = (info, frame.run, len(args), result is None, frame.token)
+        key = (fid, run_id, len(args), result is None, token)
         tpl = self._templates.get(key, False)
         if tpl is False:
-            tpl = self._build_template(info, frame.run, len(args), result is not None, frame.token)
+            tpl = self._build_template(FUNCTIONS[fid], run_of(run_id), len(args), result is not None, token)
             if len(self._templates) > 10_000:
                 self._templates.clear()
             self._templates[key] = tpl
         if tpl is None:
             return None
         render, triples, g = tpl
-        text = render(frame.n, t0, t1, args, result)
+        text = render(n, t0, t1, args, result)
         if text is None:
             return None
-        if parent is None and not self._pending_decl:
+        if ptoken is None and not self._pending_decl:
             self.triples += triples
             return g, [text]
         lines: list[str] = []
@@ -538,9 +542,8 @@ class Mapper:
             self.triples += len(self._pending_decl)
             self._pending_decl.clear()
         lines.append(text)
-        if parent is not None:
-            lines.append(f"<{self.mint.task(f'{frame.token}-{frame.n}')}> {_PARENT} "
-                         f"<{self.mint.task(f'{parent.token}-{parent.n}')}> .\n")
+        if ptoken is not None:
+            lines.append(f"<{self.mint.task(f'{token}-{n}')}> {_PARENT} <{self.mint.task(f'{ptoken}-{pn}')}> .\n")
             self.triples += triples + 1
         else:
             self.triples += triples

@@ -9,6 +9,7 @@ the emitter's background thread. Adapters that already know names and values bui
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -114,3 +115,50 @@ class RunIO:
     name: str
     value: Any
     at_ns: int = field(default_factory=time.time_ns)
+
+
+# -- the task decorator's call records -------------------------------------------------
+#
+# A call record is a plain tuple
+#     (function index, run ID, process token, task number, parent token, parent number,
+#      args, kwargs or None, start ns, end ns, result, exception, extras)
+# holding only numbers, strings, None and the user's own values (no dict, not even an
+# empty one: it would keep the tuple tracked): CPython's collector untracks such tuples
+# at its first pass, so a deep queue of records (a fast loop outruns
+# the background thread) costs no full collections. Functions and runs are found again
+# through the two registries below.
+
+#: :class:`~provgraph.capture.FunctionInfo` by index (interned: see :func:`register_function`)
+FUNCTIONS: list[Any] = []
+_FUNCTION_INDEX: dict[Any, int] = {}
+#: runs by ID, most recent last, at most :data:`MAX_RUNS`
+RUNS: dict[str, RunInfo] = {}
+MAX_RUNS = 10_000
+_LOCK = threading.Lock()
+
+
+def register_function(info: Any, key: Any) -> int:
+    """The index of ``info`` in :data:`FUNCTIONS`; an ``info`` registered before under the
+    same ``key`` is reused, so re-decorating a function never grows the registry."""
+    with _LOCK:
+        index = _FUNCTION_INDEX.get(key)
+        if index is None:
+            index = _FUNCTION_INDEX[key] = len(FUNCTIONS)
+            FUNCTIONS.append(info)
+        return index
+
+
+def register_run(run: RunInfo) -> None:
+    """Make ``run`` findable by its ID (the oldest of more than :data:`MAX_RUNS` is dropped)."""
+    with _LOCK:
+        RUNS.pop(run.run_id, None)
+        RUNS[run.run_id] = run
+        while len(RUNS) > MAX_RUNS:
+            del RUNS[next(iter(RUNS))]
+
+
+def run_of(run_id: str) -> RunInfo:
+    """The registered run ``run_id``; a run dropped from the registry comes back as a bare
+    :class:`RunInfo` (same graph and IRI; workflow name ``unknown``)."""
+    run = RUNS.get(run_id)
+    return run if run is not None else RunInfo(run_id, "unknown")
