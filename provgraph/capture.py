@@ -26,7 +26,18 @@ from typing import Any, TypeVar, cast, overload
 
 from .emitter import Emitter
 from .errors import ConfigError
-from .records import FUNCTIONS, ErrorInfo, RunEnd, RunInfo, RunIO, TaskRecord, register_function, register_run, run_of
+from .records import (
+    CALL_ARGS,
+    FUNCTIONS,
+    ErrorInfo,
+    RunEnd,
+    RunInfo,
+    RunIO,
+    TaskRecord,
+    register_function,
+    register_run,
+    run_of,
+)
 from .settings import Settings, load_settings
 from .transports import Transport, create_transport
 
@@ -367,7 +378,8 @@ class FunctionInfo:
 
     def to_record(self, call: tuple[Any, ...]) -> TaskRecord:
         """The :class:`TaskRecord` of a call record (layout: :mod:`provgraph.records`)."""
-        _, run_id, token, n, ptoken, pn, args, kwargs, t0, t1, result, exc, extras = call
+        _, run_id, token, n, ptoken, pn, kwargs, t0, t1, result, exc, extras = call[:CALL_ARGS]
+        args = call[CALL_ARGS:]
         rec = TaskRecord(
             task_id=f"{token}-{n}", run=run_of(run_id), name=self.name, started_ns=t0, ended_ns=t1,
             inputs=self.bind(args, kwargs or {}), outputs=_outputs(result), function=self.qualname,
@@ -480,8 +492,9 @@ def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]
         if probe is not None:
             _telemetry_mark(frame, probe, False)
         if parent is None:  # the common case, inline (see provgraph.records for the layout)
-            em.emit((fid, frame.run.run_id, frame.token, frame.n, None, None, args, kwargs or None, t0, t1,
-                     result, None, frame.extras))
+            head = (fid, frame.run.run_id, frame.token, frame.n, None, None, kwargs or None, t0, t1, result, None,
+                    frame.extras)
+            em.emit(head + args)
         else:
             em.emit(_call_record(fid, frame, parent, args, kwargs, t0, t1, result, None))
         return result
@@ -492,8 +505,9 @@ def _wrap_sync(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]
 def _call_record(fid: int, frame: _Frame, parent: _Frame | None, args: tuple[Any, ...], kwargs: dict[str, Any],
                  t0: int, t1: int, result: Any, exc: BaseException | None) -> tuple[Any, ...]:
     """A call record (layout: :mod:`provgraph.records`): no frame objects in it."""
-    return (fid, frame.run.run_id, frame.token, frame.n, None if parent is None else parent.token,
-            None if parent is None else parent.n, args, kwargs or None, t0, t1, result, exc, frame.extras)
+    head = (fid, frame.run.run_id, frame.token, frame.n, None if parent is None else parent.token,
+            None if parent is None else parent.n, kwargs or None, t0, t1, result, exc, frame.extras)
+    return head + args
 
 
 def _wrap_async(fn: Callable[..., Any], info: FunctionInfo) -> Callable[..., Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from .hashing import FileHasher, hash_array, hash_bytes
 from .namespaces import DCTERMS, DCTERMS_NS, PG, PG_NS, PROV, PROV_NS, RDFS, RDFS_NS, XSD, XSD_NS, Minter, segment
-from .records import FUNCTIONS, Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord, run_of
+from .records import CALL_ARGS, FUNCTIONS, Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord, run_of
 from .settings import Settings
 
 __all__ = ["Mapper", "classify", "iri", "literal"]
@@ -245,7 +245,8 @@ def _compile(pieces: list[str | _Slot], slots: int, skip: int, nargs: int, has_r
     each value, formats the times and builds the statements as one f-string (CPython
     builds it in a single pass). ``pieces`` are text and slots: ``a0`` the task number,
     ``a1``/``a3`` the start/end second's ``YYYY-MM-DDTHH:MM:SS.``, ``a2``/``a4`` their
-    microseconds (the last six digits of the time in µs), ``a5``... the values. Text
+    microseconds (the last six digits of the time in µs), ``a5``... the values (the
+    arguments read from the call record, then the result). Text
     enters the source only as ``repr()`` literals."""
     src: list[str] = []
     for piece in pieces:
@@ -255,10 +256,9 @@ def _compile(pieces: list[str | _Slot], slots: int, skip: int, nargs: int, has_r
         elif piece:
             src.append(repr(piece))
     values = [f"a{i}" for i in range(5, slots)]
-    names = ["_"] * skip + values[: nargs - skip]
-    code = ["def render(a0, a2, a4, args, result):"]
-    if nargs:
-        code.append(f"    {', '.join(names)}, = args")
+    code = ["def render(a0, a2, a4, record, result):"]
+    for i, name in enumerate(values[: nargs - skip]):  # the arguments, from the call record
+        code.append(f"    {name} = record[{CALL_ARGS + skip + i}]")
     if has_result:
         code.append(f"    {values[-1]} = result")
     for x in values:
@@ -517,20 +517,23 @@ class Mapper:
         used/generated or telemetry, a value that may be a file, a structured result).
         Produces exactly the triples of :meth:`task` (tests compare both), written as
         compact Turtle: one statement per subject, with predicate lists."""
-        fid, run_id, token, n, ptoken, pn, args, kwargs, t0, t1, result, exc, extras = item
+        fid, run_id, token, n, ptoken, pn, kwargs, t0, t1, result, exc, extras = item[:CALL_ARGS]
         if exc is not None or kwargs or extras or t1 is None or t0 is None:
             return None
-        key = (fid, run_id, len(args), result is None, token)
-        tpl = self._templates.get(key, False)
-        if tpl is False:
-            tpl = self._build_template(FUNCTIONS[fid], run_of(run_id), len(args), result is not None, token)
-            if len(self._templates) > 10_000:
-                self._templates.clear()
-            self._templates[key] = tpl
+        nargs = len(item) - CALL_ARGS
+        key = (fid, run_id, nargs, result is None, token)
+        templates = self._templates
+        if key in templates:
+            tpl = templates[key]
+        else:
+            tpl = self._build_template(FUNCTIONS[fid], run_of(run_id), nargs, result is not None, token)
+            if len(templates) > 10_000:
+                templates.clear()
+            templates[key] = tpl
         if tpl is None:
             return None
         render, triples, g = tpl
-        text = render(n, t0, t1, args, result)
+        text = render(n, t0, t1, item, result)
         if text is None:
             return None
         if ptoken is None and not self._pending_decl:
@@ -560,7 +563,7 @@ class Mapper:
                         token: str) -> tuple[Callable[..., str | None], int, str] | None:
         """``(renderer, triples it writes, graph)`` for calls of ``info`` with ``nargs``
         positional arguments in process ``token``; None if such calls need the general
-        path. The renderer takes ``(task number, start ns, end ns, args, result)`` and
+        path. The renderer takes ``(task number, start ns, end ns, call record, result)`` and
         returns the statements, or None when a value is not a small scalar."""
         positional, _, defaults = info._signature()
         if nargs > len(positional):

@@ -121,13 +121,15 @@ class RunIO:
 #
 # A call record is a plain tuple
 #     (function index, run ID, process token, task number, parent token, parent number,
-#      args, kwargs or None, start ns, end ns, result, exception, extras)
+#      kwargs or None, start ns, end ns, result, exception, extras, *args)
 # holding only numbers, strings, None and the user's own values (no dict, not even an
-# empty one: it would keep the tuple tracked): CPython's collector untracks such tuples
-# at its first pass, so a deep queue of records (a fast loop outruns
+# empty one, and no nested tuple: either would keep it tracked): CPython's collector
+# untracks such tuples at its first pass, so a deep queue of records (a fast loop outruns
 # the background thread) costs no full collections. Functions and runs are found again
 # through the two registries below.
 
+#: where the positional arguments start in a call record
+CALL_ARGS = 12
 #: :class:`~provgraph.capture.FunctionInfo` by index (interned: see :func:`register_function`)
 FUNCTIONS: list[Any] = []
 _FUNCTION_INDEX: dict[Any, int] = {}

@@ -140,3 +140,37 @@ def test_batches_fit_the_transport_and_count_their_triples() -> None:
         total += parsed
     assert stats["triples"] == total
     assert stats["records"] >= 1_212 and stats["dropped"] == 0
+
+
+def test_call_records_are_untracked_by_the_collector_and_registries_stay_small() -> None:
+    """A queued call record holds only atomic values (the collector drops it from its lists,
+    so a deep queue costs no full collections); re-decorating a function or a lambda in a
+    loop reuses one registry entry, while closures with their own defaults keep them."""
+    import gc
+
+    from provgraph import records
+
+    provgraph.configure(transport="none", flush_interval=3600, batch_size=50_000, queue_size=100_000)
+    before = len(records.FUNCTIONS)
+
+    def scaled(k: int) -> Any:
+        def f(x: int, k: int = k) -> int:
+            return x * k
+        return provgraph.task(f)
+
+    with provgraph.workflow("registry"):
+        for i in range(50):
+            provgraph.task(lambda x: x + 1)(i)  # a new function object every time
+        scaled(2)(1)
+        scaled(3)(1)
+        items = [i for i in provgraph.get_emitter()._queue if isinstance(i, tuple)]
+    assert len(records.FUNCTIONS) - before == 3  # the lambda once, each closure with defaults once
+    record = items[0]
+    assert all(type(v) in (int, str, tuple, type(None)) for v in record), record
+    gc.collect()
+    assert not gc.is_tracked(record), "a record of scalars must leave the collector's lists"
+    settings = load_settings(transport="none")
+    triples = _triples(Mapper(settings), items)
+    k_values = {t for t in triples if "/in/k>" in t and "#value>" in t}
+    assert any('"2"' in t for t in k_values) and any('"3"' in t for t in k_values), k_values
+    provgraph.shutdown()
