@@ -331,6 +331,9 @@ class SchedulerObserver(SchedulerPlugin):
         self._key: str | None = None
         self._submitted: dict[Any, int] = {}
         self._attempts: dict[Any, int] = {}
+        # facts of finished attempts, handed to the emitter in bulk (formatted off the loop)
+        self._pending: list[tuple[Any, int | None, int | None, int | None]] = []
+        self._next_emit = 0.0
         self._log_once = _LogOnce()
         self._finished = False
         mint = Minter(settings.iri_base)
@@ -366,18 +369,36 @@ class SchedulerObserver(SchedulerPlugin):
                 self._attempts[key] = self._attempts.get(key, 0) + 1
             elif start == "processing":
                 if finish == "memory":
-                    em.emit(_facts(self, key, self._submitted.pop(key, None), self._attempts.pop(key, None), None))
+                    self._pending.append((key, self._submitted.pop(key, None), self._attempts.pop(key, None), None))
                 elif finish == "erred" or "erred" in stimulus_id:  # a failed attempt (retried or final)
                     ts = self._scheduler.tasks.get(key)
                     run_id = getattr(ts, "run_id", None)
                     submitted = self._submitted.get(key) if finish != "erred" else self._submitted.pop(key, None)
                     attempts = self._attempts.get(key) if finish != "erred" else self._attempts.pop(key, None)
-                    em.emit(_facts(self, key, submitted, attempts, run_id))
+                    self._pending.append((key, submitted, attempts, run_id))
+                else:
+                    return
+                if len(self._pending) >= _FACTS_PER_EMIT or time.monotonic() >= self._next_emit:
+                    self._emit_pending(em)
             elif finish == "forgotten":
                 self._submitted.pop(key, None)
                 self._attempts.pop(key, None)
         except Exception:  # noqa: BLE001
             self._log_once("scheduler transition hook")
+
+    def _emit_pending(self, em: Emitter) -> None:
+        facts, self._pending = self._pending, []
+        self._next_emit = time.monotonic() + self.settings.flush_interval
+        if facts:
+            em.emit((_FactsBuilder(self), facts))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Hand over the pending facts and wait until the emitter delivered them."""
+        em = self._emitter
+        if em is None:
+            return True
+        self._emit_pending(em)
+        return em.force_flush(timeout)
 
     def finish(self, timeout: float = 10.0, status: str = "finished") -> bool:
         """End the run (when this plugin owns it) and flush; idempotent."""
@@ -387,6 +408,7 @@ class SchedulerObserver(SchedulerPlugin):
         em, self._emitter = self._emitter, None
         if em is None:
             return True
+        self._emit_pending(em)
         if self.owns_run:
             em.emit_control(RunEnd(self.run, time.time_ns(), status))
         if self._key is None:
@@ -397,20 +419,33 @@ class SchedulerObserver(SchedulerPlugin):
         self.finish(self.settings.publish_timeout)
 
 
-def _facts(o: SchedulerObserver, key: Any, submitted: int | None, attempts: int | None,
-           run_id: int | None) -> RawBatch:
-    """Two N-Quads about one task: when it was submitted and which attempt this was."""
-    tid = dask_task_id(o.run.run_id, key)
-    if run_id is not None:
-        tid = f"{tid}-r{run_id}"
-    t, g = f"<{o._task_base}{tid}>", o._graph
-    lines = []
-    if submitted is not None:
-        lit = time_literal(submitted).replace("^^xsd:dateTime", f"^^{_DATETIME}")
-        lines.append(f"{t} {_SUBMITTED} {lit} {g} .\n")
-    if attempts is not None:
-        lines.append(f'{t} {_ATTEMPT} "{attempts}"^^{_INT} {g} .\n')
-    return RawBatch("".join(lines), o.run.run_id)
+#: finished attempts whose facts the scheduler hook collects before one hand-over
+_FACTS_PER_EMIT = 256
+
+
+class _FactsBuilder:
+    """Formats the scheduler's facts on the emitter thread (the hook only collects them)."""
+
+    __slots__ = ("observer",)
+
+    def __init__(self, observer: SchedulerObserver) -> None:
+        self.observer = observer
+
+    def to_record(self, item: tuple[Any, ...]) -> RawBatch:
+        """Two N-Quads per task: when it was submitted and which attempt this was."""
+        o = self.observer
+        lines = []
+        for key, submitted, attempts, run_id in item[1]:
+            tid = dask_task_id(o.run.run_id, key)
+            if run_id is not None:
+                tid = f"{tid}-r{run_id}"
+            t, g = f"<{o._task_base}{tid}>", o._graph
+            if submitted is not None:
+                lit = time_literal(submitted).replace("^^xsd:dateTime", f"^^{_DATETIME}")
+                lines.append(f"{t} {_SUBMITTED} {lit} {g} .\n")
+            if attempts is not None:
+                lines.append(f'{t} {_ATTEMPT} "{attempts}"^^{_INT} {g} .\n')
+        return RawBatch("".join(lines), o.run.run_id)
 
 
 # -- registration -----------------------------------------------------------------------
@@ -434,8 +469,7 @@ class DaskObserver:
 
         def _flush_scheduler(dask_scheduler: Any) -> bool:
             plugin = dask_scheduler.plugins.get(name)
-            em = None if plugin is None else plugin._emitter
-            return True if em is None else bool(em.force_flush(timeout))
+            return True if plugin is None else bool(plugin.flush(timeout))
 
         ok = all(self.client.run(_flush_worker).values())
         return bool(self.client.run_on_scheduler(_flush_scheduler)) and ok

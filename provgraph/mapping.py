@@ -346,8 +346,10 @@ class Mapper:
                     if fast is not None:
                         return fast
                 rec = FUNCTIONS[first].to_record(item)
-            else:  # an adapter's tuple: (builder, ...)
+            else:  # an adapter's tuple: (builder, ...); the builder may also return raw RDF
                 rec = first.to_record(item)
+                if type(rec) is RawBatch:
+                    return self.map(rec)
             g = self.graph_of(rec.run)
             lines = self.task(rec, g)
         elif isinstance(item, TaskRecord):
