@@ -60,6 +60,10 @@ class _LogOnce:
 
 
 _EMITTERS: weakref.WeakSet[Emitter] = weakref.WeakSet()
+#: the background thread works at most this long before it lets other threads run ...
+_YIELD_AFTER_S = 0.002
+#: ... by sleeping this long (a zero sleep gives the GIL straight back to itself)
+_YIELD_S = 0.00005
 
 
 class Emitter:
@@ -136,7 +140,16 @@ class Emitter:
         size = 0
         # the mapper counts the triples of what it maps: batch = difference of its counter
         t0 = mapper.triples
+        clock = time.perf_counter
+        next_yield = clock() + _YIELD_AFTER_S
+        polled = 0
         while q:
+            polled += 1
+            if polled & 31 == 0 and clock() > next_yield:
+                # let the host's threads (an event loop waiting for the GIL) run now rather
+                # than after the interpreter's 5 ms switch interval
+                time.sleep(_YIELD_S)
+                next_yield = clock() + _YIELD_AFTER_S
             item = q.popleft()
             if isinstance(item, _FlushMarker):
                 self._publish(groups, raw, records, mapper.triples - t0)
