@@ -1,7 +1,7 @@
 """What capture code hands to the emitter.
 
-The hot path builds as little as possible: the task decorator enqueues a plain tuple
-(:data:`CallRecord`); everything else (binding argument names, hashing, RDF) happens on
+The hot path builds as little as possible: the task decorator enqueues a plain tuple (a
+call record, layout below); everything else (binding argument names, hashing, RDF) happens on
 the emitter's background thread. Adapters that already know names and values build a
 :class:`TaskRecord` directly; tools that produce RDF themselves hand over a
 :class:`RawBatch`.
