@@ -237,6 +237,8 @@ class Integrator:
         self.url = url or settings.nats_url
         self.fetch = fetch or settings.integrator_fetch
         self.fetch_timeout = fetch_timeout
+        self.linger = settings.integrator_linger
+        self._last_fetch = 0.0
         self.max_backoff = max_backoff
         self.mode = "transaction" if isinstance(store, RemoteStore) else settings.integrator_commit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="provgraph-commit")
@@ -302,14 +304,27 @@ class Integrator:
             log.warning("integrator: fetch failed (%s); retrying", exc)
             await asyncio.sleep(1.0)
             return []
+        self.metrics.inc("received_messages", len(msgs))  # counted at once: received > committed while lingering
         size = sum(len(m.data) for m in msgs)
-        while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES and _pending(msgs[-1]) > 0:
+        # a steady trickle: gather until ``linger`` after the previous fetch, so that what
+        # arrives meanwhile goes into the same bulk load (a message after a quiet spell is
+        # committed at once: the previous fetch is long past)
+        linger_until = self._last_fetch + self.linger
+        while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES:
+            if _pending(msgs[-1]) > 0:
+                wait = 0.25
+            else:
+                wait = linger_until - time.monotonic()
+                if wait <= 0.005:
+                    break
             try:
-                more: list[Msg] = await sub.fetch(min(per_pull, self.fetch - len(msgs)), timeout=0.25)
+                more: list[Msg] = await sub.fetch(min(per_pull, self.fetch - len(msgs)), timeout=wait)
             except Exception:  # noqa: BLE001 - nothing more right now: commit what we have
                 break
+            self.metrics.inc("received_messages", len(more))
             msgs.extend(more)
             size += sum(len(m.data) for m in more)
+        self._last_fetch = time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("integrator: fetched %s", [(_seq(m), _delivered(m)) for m in msgs])
         return msgs
@@ -324,13 +339,13 @@ class Integrator:
 
     async def process(self, js: Any, msgs: list[Msg]) -> None:
         """Parse, dead-letter, commit and ack one fetch (both stages, one after the other)."""
+        self.metrics.inc("received_messages", len(msgs))
         await self._commit(await self._prepare(js, msgs))
 
     async def _prepare(self, js: Any, msgs: list[Msg]) -> _Fetched:
         """Stage 1: parse every message; dead-letter the ones that cannot be parsed."""
         fetched = _Fetched(keepalive=asyncio.create_task(self._in_progress(msgs)))
         m = self.metrics
-        m.inc("received_messages", len(msgs))
         items: list[tuple[bytes, str | None, str]] = []
         for msg in msgs:
             headers = msg.headers or {}

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     nats_ack_wait: float = Field(default=30.0, ge=1.0, description="seconds before JetStream redelivers "
                                  "a message the integrator did not ack (its commits in progress extend it)")
     integrator_fetch: int = Field(default=256, ge=1, description="messages the integrator fetches per commit")
+    integrator_linger: float = Field(
+        default=0.3, ge=0, le=10, description="seconds the integrator keeps gathering messages after its previous "
+        "fetch before it commits: a steady trickle is loaded in a few bigger bulk loads (~3x less CPU and disk "
+        "writes) at the price of up to this much freshness; an isolated message is committed at once")
     integrator_commit: Literal["bulk", "transaction"] = Field(
         default="bulk", description="bulk: Oxigraph bulk loader per fetch (fast; acked after it returns); "
         "transaction: one ACID transaction per fetch")
