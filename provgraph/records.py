@@ -9,6 +9,7 @@ the emitter's background thread. Adapters that already know names and values bui
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -164,3 +165,12 @@ def run_of(run_id: str) -> RunInfo:
     :class:`RunInfo` (same graph and IRI; workflow name ``unknown``)."""
     run = RUNS.get(run_id)
     return run if run is not None else RunInfo(run_id, "unknown")
+
+
+def _reset_lock() -> None:  # a fork while another thread held the lock must not deadlock the child
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock)

@@ -87,7 +87,7 @@ class JournalTransport(Transport):
             if self.used_bytes() + len(frame) + len(batch.data) > self.max_bytes:
                 raise OSError(f"journal {self.directory} is full (max_bytes={self.max_bytes})")
             fd = self._open()
-            os.write(fd, frame + batch.data)
+            _write_all(fd, frame, batch.data)
             self._dirty = True
 
     def flush(self, timeout: float) -> bool:
@@ -109,6 +109,17 @@ class JournalTransport(Transport):
         self._lock = threading.Lock()
         self._fh = None  # the parent's descriptor stays the parent's
         self._path = None
+
+
+def _write_all(fd: int, head: bytes, body: bytes) -> None:
+    """Write ``head`` then ``body`` without joining them (a batch is megabytes)."""
+    written = os.writev(fd, [head, body])
+    total = len(head) + len(body)
+    while written < total:  # a short write: finish from where it stopped
+        if written < len(head):
+            written += os.writev(fd, [head[written:], body])
+        else:
+            written += os.write(fd, memoryview(body)[written - len(head):])
 
 
 def journal_files(directory: str | os.PathLike[str]) -> list[Path]:
