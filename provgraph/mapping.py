@@ -241,13 +241,14 @@ _CHECK = """
 
 def _compile(pieces: list[str | _Slot], slots: int, skip: int, nargs: int, has_result: bool,
              mapper: Mapper) -> Callable[..., str | None]:
-    """The renderer of one call template: a function specialised to its arity that checks
-    each value, formats the times and builds the statements as one f-string (CPython
-    builds it in a single pass). ``pieces`` are text and slots: ``a0`` the task number,
-    ``a1``/``a3`` the start/end second's ``YYYY-MM-DDTHH:MM:SS.``, ``a2``/``a4`` their
-    microseconds (the last six digits of the time in µs), ``a5``... the values (the
-    arguments read from the call record, then the result). Text
-    enters the source only as ``repr()`` literals."""
+    """The renderer of one call template, ``render(task number, start ns, end ns, call
+    record, result)``: a function specialised to its arity that checks each value,
+    formats the times and builds the statements as one f-string (CPython builds it in a
+    single pass); None when a value needs the general path. ``pieces`` are text and
+    slots: ``a0`` the task number, ``a1``/``a3`` the start/end second's
+    ``YYYY-MM-DDTHH:MM:SS.``, ``a2``/``a4`` their microseconds (the last six digits of
+    the time in µs), ``a5``... the values (the arguments read from the call record, then
+    the result). Text enters the source only as ``repr()`` literals."""
     src: list[str] = []
     for piece in pieces:
         if isinstance(piece, _Slot):
