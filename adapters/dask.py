@@ -62,8 +62,8 @@ from provgraph import capture
 from provgraph.emitter import Emitter
 from provgraph.errors import require
 from provgraph.mapping import time_literal
-from provgraph.namespaces import PG, XSD, Minter
-from provgraph.records import ErrorInfo, RawBatch, RunEnd, RunInfo, TaskRecord
+from provgraph.namespaces import PG, Minter
+from provgraph.records import ErrorInfo, GraphStatements, RunEnd, RunInfo, TaskRecord
 from provgraph.settings import Settings, load_settings
 from provgraph.transports import create_transport
 
@@ -314,8 +314,6 @@ class _Telemetry:
 
 _SUBMITTED = f"<{PG.submittedAtTime}>"
 _ATTEMPT = f"<{PG.attempt}>"
-_INT = f"<{XSD.integer}>"
-_DATETIME = f"<{XSD.dateTime}>"
 
 
 class SchedulerObserver(SchedulerPlugin):
@@ -431,21 +429,22 @@ class _FactsBuilder:
     def __init__(self, observer: SchedulerObserver) -> None:
         self.observer = observer
 
-    def to_record(self, item: tuple[Any, ...]) -> RawBatch:
-        """Two N-Quads per task: when it was submitted and which attempt this was."""
+    def to_record(self, item: tuple[Any, ...]) -> GraphStatements:
+        """Two statements per task, in the run's graph (they travel in its ``GRAPH`` block,
+        so the integrator loads them with the workers' tasks): when it was submitted and
+        which attempt this was."""
         o = self.observer
         lines = []
         for key, submitted, attempts, run_id in item[1]:
             tid = dask_task_id(o.run.run_id, key)
             if run_id is not None:
                 tid = f"{tid}-r{run_id}"
-            t, g = f"<{o._task_base}{tid}>", o._graph
+            t = f"<{o._task_base}{tid}>"
             if submitted is not None:
-                lit = time_literal(submitted).replace("^^xsd:dateTime", f"^^{_DATETIME}")
-                lines.append(f"{t} {_SUBMITTED} {lit} {g} .\n")
+                lines.append(f"{t} {_SUBMITTED} {time_literal(submitted)} .\n")
             if attempts is not None:
-                lines.append(f'{t} {_ATTEMPT} "{attempts}"^^{_INT} {g} .\n')
-        return RawBatch("".join(lines), o.run.run_id)
+                lines.append(f"{t} {_ATTEMPT} {attempts} .\n")
+        return GraphStatements(o._graph, lines, len(lines))
 
 
 # -- registration -----------------------------------------------------------------------

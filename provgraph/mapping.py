@@ -27,7 +27,19 @@ from typing import Any
 
 from .hashing import FileHasher, hash_array, hash_bytes
 from .namespaces import DCTERMS, DCTERMS_NS, PG, PG_NS, PROV, PROV_NS, RDFS, RDFS_NS, XSD, XSD_NS, Minter, segment
-from .records import CALL_ARGS, FUNCTIONS, Artifact, ErrorInfo, RawBatch, RunEnd, RunInfo, RunIO, TaskRecord, run_of
+from .records import (
+    CALL_ARGS,
+    FUNCTIONS,
+    Artifact,
+    ErrorInfo,
+    GraphStatements,
+    RawBatch,
+    RunEnd,
+    RunInfo,
+    RunIO,
+    TaskRecord,
+    run_of,
+)
 from .settings import Settings
 
 __all__ = ["Mapper", "classify", "iri", "literal"]
@@ -347,9 +359,9 @@ class Mapper:
                     if fast is not None:
                         return fast
                 rec = FUNCTIONS[first].to_record(item)
-            else:  # an adapter's tuple: (builder, ...); the builder may also return raw RDF
+            else:  # an adapter's tuple: (builder, ...); the builder may also return RDF
                 rec = first.to_record(item)
-                if type(rec) is RawBatch:
+                if type(rec) is RawBatch or type(rec) is GraphStatements:
                     return self.map(rec)
             g = self.graph_of(rec.run)
             lines = self.task(rec, g)
@@ -364,6 +376,9 @@ class Mapper:
             g, lines = self.graph_of(item.run), self.run_io(item)
         elif isinstance(item, RawBatch):
             return None, [item.nquads if item.nquads.endswith("\n") else item.nquads + "\n"]
+        elif isinstance(item, GraphStatements):
+            self.triples += item.triples
+            return item.graph, item.statements
         else:
             raise TypeError(f"cannot map {type(item).__qualname__}")
         # the general path writes one triple per line (a literal never holds a raw newline)

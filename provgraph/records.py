@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Artifact", "ErrorInfo", "RawBatch", "RunEnd", "RunInfo", "TaskRecord"]
+__all__ = ["Artifact", "ErrorInfo", "GraphStatements", "RawBatch", "RunEnd", "RunInfo", "TaskRecord"]
 
 
 @dataclass(slots=True)
@@ -92,6 +92,17 @@ class RawBatch:
 
     nquads: str
     run_id: str | None = None
+
+
+@dataclass(slots=True)
+class GraphStatements:
+    """Turtle statements an adapter wrote for one run's graph (``<graph IRI>``): one
+    statement per line, prefixes of the emitter's header, ``triples`` triples in all.
+    They travel in the run's ``GRAPH`` block, with its tasks."""
+
+    graph: str
+    statements: list[str]
+    triples: int
 
 
 @dataclass(slots=True, frozen=True)
