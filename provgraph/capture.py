@@ -328,8 +328,12 @@ class FunctionInfo:
         that share code, name and (no) defaults share one: decorating a lambda in a loop
         does not grow the registry; others are registered by identity."""
         info = cls(fn, name)
-        code = getattr(fn, "__code__", None)
-        if code is not None and getattr(fn, "__defaults__", None) is None \
+        try:  # the signature is the innermost function's (functools.wraps chains)
+            inner = inspect.unwrap(fn)
+        except ValueError:  # a __wrapped__ cycle
+            inner = fn
+        code = getattr(inner, "__code__", None)
+        if code is not None and inner is fn and getattr(fn, "__defaults__", None) is None \
                 and getattr(fn, "__kwdefaults__", None) is None:
             key: Any = (code, info.name, info.qualname)
         else:

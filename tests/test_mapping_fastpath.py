@@ -174,3 +174,36 @@ def test_call_records_are_untracked_by_the_collector_and_registries_stay_small()
     k_values = {t for t in triples if "/in/k>" in t and "#value>" in t}
     assert any('"2"' in t for t in k_values) and any('"3"' in t for t in k_values), k_values
     provgraph.shutdown()
+
+
+def test_wrapped_functions_keep_their_own_signatures() -> None:
+    """Two functions with the same name behind one generic ``functools.wraps`` decorator
+    (a notebook cell run twice with a changed signature) share the wrapper's code but not
+    their parameter names."""
+    import functools
+
+    provgraph.configure(transport="none", flush_interval=3600, batch_size=50_000, queue_size=100_000)
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def define(version: int) -> Any:
+        if version == 1:
+            def step(a: int, b: int) -> int:
+                return a + b
+        else:
+            def step(x: int, y: int) -> int:  # type: ignore[misc]
+                return x * y
+        return provgraph.task(logged(step))
+
+    with provgraph.workflow("redefined"):
+        define(1)(1, 2)
+        define(2)(3, 4)
+        items = [i for i in provgraph.get_emitter()._queue if isinstance(i, tuple)]
+    triples = _triples(Mapper(load_settings(transport="none")), items)
+    names = {t.split('"')[1] for t in triples if "#parameterName>" in t}
+    assert {"a", "b", "x", "y"} <= names, names
+    provgraph.shutdown()
