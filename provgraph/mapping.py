@@ -303,11 +303,10 @@ class Mapper:
         self.trig_header = TRIG_HEADER + f"@prefix task: <{self.mint.task('')}> .\n"
         self.hasher = hasher or FileHasher(dir_max_files=settings.hash_dir_max_files)
         self._declared: set[tuple[str, str]] = set()
-        self._heads: dict[tuple[Any, ...], tuple[str, str]] = {}
+        self._heads: dict[tuple[Any, ...], tuple[str, str, str, int]] = {}
         self._pending_decl: list[str] = []
         self._segments: dict[str, tuple[str, str]] = {}
         self._graphs: dict[str, str] = {}
-        self._compact_heads: dict[tuple[Any, ...], tuple[str, int]] = {}
         self._templates: dict[tuple[Any, ...], tuple[Callable[..., str | None], int, str] | None] = {}
         #: triples in every statement returned by :meth:`map` so far (batches count their own)
         self.triples = 0
@@ -386,8 +385,6 @@ class Mapper:
             self.triples += text.count("\n")
         return g, lines
 
-        raise TypeError(f"cannot map {type(item).__qualname__}")
-
     def to_trig(self, item: Any) -> str:
         """One record as a complete TriG document (for tests and tools)."""
         graph, lines = self.map(item)
@@ -449,13 +446,16 @@ class Mapper:
         if err.traceback:
             lines.append(f"{subject} {_ETB} {literal(err.traceback)} .\n")
 
-    def _task_head(self, rec: TaskRecord, g: str) -> tuple[str, str]:
+    def _task_head(self, rec: TaskRecord, g: str) -> tuple[str, str, str, int]:
         """The lines every task of one (run, name, function, status, user, host) shares,
         with ``\x00`` standing for the task IRI. Built once, reused for every call."""
         return self._head(g, rec.run, rec.name, rec.function, rec.status, rec.host)
 
     def _head(self, g: str, run: RunInfo, name: str, function: str | None, status: str,
-              task_host: str | None) -> tuple[str, str]:
+              task_host: str | None) -> tuple[str, str, str, int]:
+        """``(lines, host IRI, compact statement body, triples)`` shared by the tasks of one
+        (run, name, function, status, user, host): the lines with ``\x00`` for the task
+        IRI, and the same triples as one predicate list (for the call templates)."""
         user = run.user or self.settings.user
         host = task_host or run.host or self.settings.hostname
         key = (g, name, function, status, user, host)
@@ -464,23 +464,16 @@ class Mapper:
             decl: list[str] = []
             u = self._user(g, user, decl)
             h = self._host(g, host, decl)
-            t = "\x00"
-            parts = [
-                f"{t} {_A} {_ACTIVITY} .\n", f"{t} {_A} {_TASK} .\n",
-                f"{t} {_LABEL} {literal(name)} .\n",
-                f"{t} {_IN_RUN} <{self.mint.run(run.run_id)}> .\n",
-                f"{t} {_STATUS} {literal(status)} .\n",
-                f"{t} {_ASSOC} {u} .\n", f"{t} {_AT_LOC} {h} .\n",
-            ]
+            pairs = [(_LABEL, literal(name)), (_IN_RUN, f"<{self.mint.run(run.run_id)}>"),
+                     (_STATUS, literal(status)), (_ASSOC, u), (_AT_LOC, h)]
             if function:
-                parts.append(f"{t} {_FUNCTION} {literal(function)} .\n")
+                pairs.append((_FUNCTION, literal(function)))
+            lines = [f"\x00 {_A} {_ACTIVITY} .\n", f"\x00 {_A} {_TASK} .\n"]
+            lines += [f"\x00 {p} {o} .\n" for p, o in pairs]
+            compact = ";".join([f"{_A} {_ACTIVITY},{_TASK}", *(f"{p} {o}" for p, o in pairs)])
             if len(self._heads) > 10_000:
                 self._heads.clear()
-                self._compact_heads.clear()
-            cached = self._heads[key] = ("".join(parts), h)
-            # the same statements as one Turtle statement with a predicate list
-            self._compact_heads[key] = (";".join(p[len(t) + 1:-3] for p in parts).replace(
-                f"{_A} {_ACTIVITY};{_A} {_TASK}", f"{_A} {_ACTIVITY},{_TASK}"), len(parts))
+            cached = self._heads[key] = ("".join(lines), h, compact, len(lines))
             if decl:  # first use in this graph: declare the user and host once
                 self._pending_decl.extend(decl)
         return cached
@@ -490,7 +483,7 @@ class Mapper:
             g = self.graph_of(rec.run)
         t_iri = self.mint.task(rec.task_id)
         t = f"<{t_iri}>"
-        head, h = self._task_head(rec, g)
+        head, h, _, _ = self._task_head(rec, g)
         lines: list[str] = []
         if self._pending_decl:
             lines.extend(self._pending_decl)
@@ -597,10 +590,7 @@ class Mapper:
                 return None
             rest.append((name, literal(value)))
         g = self.graph_of(run)
-        self._head(g, run, info.name, info.qualname, "finished", None)
-        user = run.user or self.settings.user
-        host = run.host or self.settings.hostname
-        head, head_triples = self._compact_heads[(g, info.name, info.qualname, "finished", user, host)]
+        _, _, head, head_triples = self._head(g, run, info.name, info.qualname, "finished", None)
 
         # task IRIs as ``task:`` prefixed names (declared in :attr:`trig_header`) when they can be
         prefixed = _LOCAL_NAME.fullmatch(token) is not None
