@@ -88,6 +88,12 @@ class LocalPipeline:
             time.sleep(0.05)
         self.url = str(json.loads((self.data / "serve.json").read_text())["nats_url"])
 
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait until the integrator has committed everything published so far."""
+        from provgraph.integrator import wait_drained
+
+        wait_drained(json.loads((self.data / "serve.json").read_text()), timeout)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)

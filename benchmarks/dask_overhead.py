@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,11 @@ def workload(client: Client, fn: Any, n: int) -> float:
     return elapsed
 
 
-def observed(client: Client, fn: Any, n: int, settings: Any) -> tuple[float, float]:
-    """(submit → gathered, register → observer closed) of one observed run."""
+def observed(client: Client, fn: Any, n: int, settings: Any,
+             settle: Callable[[], None] | None = None) -> tuple[float, float]:
+    """(submit → gathered, register → observer closed) of one observed run; ``settle``
+    then waits (untimed) until the integrator committed it, so that none of its work
+    spills into the next arm."""
     t_reg = time.perf_counter()
     observer = pg_dask.register(client, workflow="bench", settings=settings)
     t0 = time.perf_counter()
@@ -99,6 +103,8 @@ def observed(client: Client, fn: Any, n: int, settings: Any) -> tuple[float, flo
     if not ok:
         raise RuntimeError("observer did not flush in time")
     del first, second
+    if settle is not None:
+        settle()
     return makespan, durable
 
 
@@ -107,9 +113,10 @@ def nats_available() -> bool:
                for m in ("nats", "provgraph.transports.nats", "provgraph.integrator", "provgraph.natsserver"))
 
 
-def measure(client: Client, fn: Any, n: int, reps: int, settings: Any) -> dict[str, Any]:
+def measure(client: Client, fn: Any, n: int, reps: int, settings: Any,
+            settle: Callable[[], None] | None = None) -> dict[str, Any]:
     workload(client, fn, n)  # warm-up: imports, connections, worker caches
-    observed(client, fn, n, settings)
+    observed(client, fn, n, settings, settle)
     plain: list[float] = []
     made: list[float] = []
     durable: list[float] = []
@@ -119,7 +126,7 @@ def measure(client: Client, fn: Any, n: int, reps: int, settings: Any) -> dict[s
             if which == 0:
                 plain.append(workload(client, fn, n))
             else:
-                m, d = observed(client, fn, n, settings)
+                m, d = observed(client, fn, n, settings, settle)
                 made.append(m)
                 durable.append(d)
     p, m, d = statistics.median(plain), statistics.median(made), statistics.median(durable)
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = {"nats_url": pipeline.url} if pipeline is not None else {}
                 settings = load_settings(transport=transport, data_dir=data, **extra)
                 for label, fn, n in (("no-op", noop, args.n_noop), ("10 ms", sleep10, args.n_sleep)):
-                    r = measure(client, fn, n, args.reps, settings)
+                    r = measure(client, fn, n, args.reps, settings, pipeline.settle if pipeline else None)
                     results["runs"][f"{transport}/{label}"] = r
                     print(f"{transport:<10}{label:<10}{n:>10}{r['plain_s']:>10.3f}{r['observed_s']:>12.3f}"
                           f"{r['overhead_pct']:>9.1f}%{r['durable_overhead_pct']:>9.1f}%"

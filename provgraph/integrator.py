@@ -74,6 +74,8 @@ PROV_CONTENT_TYPES: dict[str, str] = {
 }
 #: the integrator keeps fetching while more is pending, up to this many bytes per commit
 COMMIT_MAX_BYTES = 64 * 1024 * 1024
+#: bytes per statement assumed for a message without a ``Provgraph-Triples`` header
+STATEMENT_BYTES_GUESS = 100
 #: one pull request asks for at most this many bytes (messages x the server's max_payload)
 PULL_MAX_BYTES = 16 * 1024 * 1024
 _CONCATENABLE = {ox.RdfFormat.TRIG, ox.RdfFormat.N_QUADS, ox.RdfFormat.N_TRIPLES, ox.RdfFormat.TURTLE}
@@ -215,6 +217,14 @@ def _delivered(msg: Msg) -> int:
         return 0
 
 
+def _statements(msg: Msg) -> int:
+    """Statements in ``msg``: its ``Provgraph-Triples`` header, else a guess from its size."""
+    try:
+        return int((msg.headers or {})[jetstream.HDR_TRIPLES])
+    except (KeyError, ValueError, TypeError):
+        return len(msg.data) // STATEMENT_BYTES_GUESS
+
+
 def _pending(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_pending)
@@ -238,6 +248,7 @@ class Integrator:
         self.fetch = fetch or settings.integrator_fetch
         self.fetch_timeout = fetch_timeout
         self.linger = settings.integrator_linger
+        self.commit_triples = settings.integrator_commit_triples
         self._last_fetch = 0.0
         self.max_backoff = max_backoff
         self.mode = "transaction" if isinstance(store, RemoteStore) else settings.integrator_commit
@@ -306,24 +317,29 @@ class Integrator:
             return []
         self.metrics.inc("received_messages", len(msgs))  # counted at once: received > committed while lingering
         size = sum(len(m.data) for m in msgs)
-        # a steady trickle: gather until ``linger`` after the previous fetch, so that what
-        # arrives meanwhile goes into the same bulk load (a message after a quiet spell is
-        # committed at once: the previous fetch is long past)
+        statements = sum(map(_statements, msgs))
+        # a steady stream: gather until ``integrator_commit_triples`` statements are in hand
+        # or ``linger`` has passed since the previous fetch, so that each bulk load is big
+        # enough to be worth its fixed cost (new index files, then compaction). A message
+        # after a quiet spell is committed at once: the previous fetch is long past.
         linger_until = self._last_fetch + self.linger
         while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES:
-            if _pending(msgs[-1]) > 0:
-                wait = 0.25
-            else:
-                wait = linger_until - time.monotonic()
+            if _pending(msgs[-1]) > 0:  # a backlog: take what is there
+                wait, want = 0.25, min(per_pull, self.fetch - len(msgs))
+            elif statements >= self.commit_triples:
+                break
+            else:  # lingering: one message at a time (a pull for n waits for all n or its timeout)
+                wait, want = linger_until - time.monotonic(), 1
                 if wait <= 0.005:
                     break
             try:
-                more: list[Msg] = await sub.fetch(min(per_pull, self.fetch - len(msgs)), timeout=wait)
+                more: list[Msg] = await sub.fetch(want, timeout=wait)
             except Exception:  # noqa: BLE001 - nothing more right now: commit what we have
                 break
             self.metrics.inc("received_messages", len(more))
             msgs.extend(more)
             size += sum(len(m.data) for m in more)
+            statements += sum(map(_statements, more))
         self._last_fetch = time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("integrator: fetched %s", [(_seq(m), _delivered(m)) for m in msgs])

@@ -42,6 +42,7 @@ __all__ = [
     "HDR_ERROR",
     "HDR_GRAPH",
     "HDR_SUBJECT",
+    "HDR_TRIPLES",
     "MAX_AGE",
     "MAX_DELIVER",
     "MAX_MSG_SIZE",
@@ -71,6 +72,9 @@ HDR_ERROR = "Provgraph-Error"
 HDR_SUBJECT = "Provgraph-Subject"
 #: optional header: the named graph for triples of a default-graph format
 HDR_GRAPH = "Provgraph-Graph"
+#: optional header: how many statements the message holds (the integrator sizes its
+#: bulk loads with it; it estimates from the size when absent)
+HDR_TRIPLES = "Provgraph-Triples"
 #: a run token for batches that belong to no single workflow run
 NO_RUN = "_"
 

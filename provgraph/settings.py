@@ -79,9 +79,13 @@ class Settings(BaseSettings):
                                  "a message the integrator did not ack (its commits in progress extend it)")
     integrator_fetch: int = Field(default=256, ge=1, description="messages the integrator fetches per commit")
     integrator_linger: float = Field(
-        default=0.3, ge=0, le=10, description="seconds the integrator keeps gathering messages after its previous "
-        "fetch before it commits: a steady trickle is loaded in a few bigger bulk loads (~3x less CPU and disk "
-        "writes) at the price of up to this much freshness; an isolated message is committed at once")
+        default=1.5, ge=0, le=10, description="seconds at most the integrator keeps gathering messages after its "
+        "previous fetch while it holds fewer than integrator_commit_triples statements: a steady trickle is loaded "
+        "in a few big bulk loads instead of many small ones, each of which costs new index files and a compaction; "
+        "a message after a quiet spell is committed at once")
+    integrator_commit_triples: int = Field(
+        default=10_000, ge=1, description="statements in hand at which the integrator commits without lingering "
+        "further: a fast stream is committed as soon as a load is big enough to be worth its fixed cost")
     integrator_commit: Literal["bulk", "transaction"] = Field(
         default="bulk", description="bulk: Oxigraph bulk loader per fetch (fast; acked after it returns); "
         "transaction: one ACID transaction per fetch")
@@ -137,6 +141,9 @@ class Settings(BaseSettings):
             raise ValueError("batch_size must be less than or equal to queue_size")
         if self.transport == "nats" and not self.nats_url:
             raise ValueError("transport='nats' needs nats_url (PROVGRAPH_NATS_URL)")
+        if self.integrator_linger >= self.nats_ack_wait:
+            raise ValueError("integrator_linger must be shorter than nats_ack_wait: messages held while the "
+                             "integrator lingers would be redelivered")
         return self
 
     @property

@@ -16,7 +16,7 @@ import pytest
 
 import provgraph
 from provgraph.errors import TransportError
-from provgraph.jetstream import HDR_ERROR, HDR_SUBJECT, subject_for
+from provgraph.jetstream import HDR_ERROR, HDR_SUBJECT, HDR_TRIPLES, subject_for
 from provgraph.metrics import parse as parse_metrics
 from provgraph.natsserver import NatsServer
 from provgraph.settings import load_settings
@@ -213,6 +213,82 @@ def test_garbage_truncated_and_bad_prov_are_dead_lettered(tmp_path: Path,
 
 
 RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
+
+
+def test_published_messages_state_their_statement_count(tmp_path: Path,
+                                                        nats_server: NatsServer) -> None:  # noqa: F811
+    """Every message the NATS transport publishes says in ``Provgraph-Triples`` how many
+    statements it holds: exactly what parsing it gives."""
+    batches = _memory_batches(300, batch_size=100)
+    settings = load_settings(nats_url=nats_server.url, data_dir=tmp_path / "d")
+    with running_integrator(settings, Store()):  # it creates the stream
+        transport = NatsTransport(settings)
+        for b in batches:
+            transport.publish(b)
+        assert transport.flush(30)
+        transport.close(5)
+    assert transport.stats.spilled_batches == 0 and transport.stats.acked_batches == len(batches)
+    msgs = read_stream(nats_server.url, settings.nats_stream)
+    assert len(msgs) == len(batches) >= 3
+    counts = []
+    for m in msgs:
+        parsed = sum(1 for _ in ox.parse(m.data, format=ox.RdfFormat.TRIG))
+        assert int(m.headers[HDR_TRIPLES]) == parsed
+        counts.append(parsed)
+    assert sum(c > 300 for c in counts) == 3  # the three batches of 100 tasks
+
+
+def test_integrator_loads_a_stream_in_bulk_by_size_or_linger(tmp_path: Path,
+                                                             nats_server: NatsServer) -> None:  # noqa: F811
+    """A message after a quiet spell is committed at once; a trickle is held (up to
+    ``integrator_linger``) until ``integrator_commit_triples`` statements are in hand, then
+    committed in one load; a message without a count is sized by its bytes."""
+    settings = load_settings(nats_url=nats_server.url, data_dir=tmp_path / "d", integrator_linger=4.0,
+                             integrator_commit_triples=1000)
+    store = Store()
+    subject = subject_for("lab", "run-linger")
+
+    def nt(name: str, n: int) -> bytes:
+        return b"".join(b"<urn:%s:%d> <urn:p> <urn:o> .\n" % (name.encode(), i) for i in range(n))
+
+    def publish(body: bytes, msg_id: str, count: int | None) -> None:
+        async def go() -> None:
+            import nats
+
+            nc = await nats.connect(nats_server.url)
+            headers = {"Content-Type": "application/n-triples", "Nats-Msg-Id": msg_id}
+            if count is not None:
+                headers[HDR_TRIPLES] = str(count)
+            await nc.jetstream().publish(subject, body, headers=headers)
+            await nc.close()
+
+        asyncio.run(go())
+
+    def present(name: str) -> bool:
+        return sparql_count(store, f"SELECT (COUNT(*) AS ?n) WHERE {{ GRAPH ?g {{ <urn:{name}:0> ?p ?o }} }}") == 1
+
+    with running_integrator(settings, store) as integrator:
+        counters = integrator.metrics.counters
+        t0 = time.monotonic()
+        publish(nt("a", 10), "a", 10)
+        wait_for(lambda: present("a"), 10, "the first message")
+        assert time.monotonic() - t0 < 3.0 and counters["commits"] == 1  # not held for the linger
+        publish(nt("b", 10), "b", 10)
+        time.sleep(1.0)
+        assert not present("b") and counters["commits"] == 1  # a trickle is held...
+        t1 = time.monotonic()
+        publish(nt("c", 990), "c", 990)  # ...until 1,000 statements are in hand
+        wait_for(lambda: present("b") and present("c"), 10, "b and c")
+        assert time.monotonic() - t1 < 2.0
+        assert counters["commits"] == 2 and counters["committed_triples"] == 1010  # one load for both
+        time.sleep(4.5)  # a quiet spell
+        publish(nt("d", 1), "d", None)  # no count: 27 bytes, far below 1,000 statements
+        wait_for(lambda: present("d"), 10, "d")
+        publish(nt("e", 1), "e", None)
+        time.sleep(1.0)
+        assert not present("e")
+        wait_for(lambda: present("e"), 10, "e, after the linger")
+        assert counters["commits"] == 4 and counters["received_messages"] == 5
 
 
 def test_wrong_credentials_fail_fast_and_clearly(tmp_path: Path) -> None:

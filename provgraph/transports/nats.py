@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError, require
+from ..jetstream import HDR_TRIPLES
 from .base import NQUADS, TRIG, Batch, Transport
 from .journal import JournalTransport, journal_files, read_journal
 
@@ -65,6 +66,9 @@ class Part:
         self.msg_id = msg_id
         self.run = run
         self.triples = triples
+
+    def headers(self, content_type: str) -> dict[str, str]:
+        return {"Content-Type": content_type, "Nats-Msg-Id": self.msg_id, HDR_TRIPLES: str(self.triples)}
 
 
 def _prefix_header(data: bytes) -> tuple[bytes, int]:
@@ -397,7 +401,7 @@ class NatsTransport(Transport):
         facility = self.settings.facility
         try:
             coros = [js.publish(jetstream.subject_for(facility, p.run), p.data, timeout=self.timeout,
-                                headers={"Content-Type": batch.content_type, "Nats-Msg-Id": p.msg_id})
+                                headers=p.headers(batch.content_type))
                      for p in parts]
             if len(coros) == 1:
                 await coros[0]
@@ -574,7 +578,7 @@ async def publish_file(js: JetStreamContext, settings: Settings, path: str | Pat
         for p in parts:
             pending.append(asyncio.ensure_future(js.publish(
                 jetstream.subject_for(settings.facility, p.run), p.data, timeout=settings.publish_timeout,
-                headers={"Content-Type": batch.content_type, "Nats-Msg-Id": p.msg_id})))
+                headers=p.headers(batch.content_type))))
         count += 1
         end = jb.end_offset
         if len(pending) >= window:
