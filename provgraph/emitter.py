@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any
 
 from .mapping import Mapper
+from .records import RunEnd
 from .settings import Settings
 from .transports.base import NQUADS, TRIG, Batch, Transport
 from .transports.journal import JournalTransport
@@ -143,6 +144,7 @@ class Emitter:
         clock = time.perf_counter
         next_yield = clock() + _YIELD_AFTER_S
         polled = 0
+        run_ended = False  # the drain's last batch then tells consumers not to wait for more
         while q:
             polled += 1
             if polled & 31 == 0 and clock() > next_yield:
@@ -152,8 +154,8 @@ class Emitter:
                 next_yield = clock() + _YIELD_AFTER_S
             item = q.popleft()
             if isinstance(item, _FlushMarker):
-                self._publish(groups, raw, records, mapper.triples - t0)
-                groups, raw, records, size, t0 = {}, [], 0, 0, mapper.triples
+                self._publish(groups, raw, records, mapper.triples - t0, flushed=True)
+                groups, raw, records, size, t0, run_ended = {}, [], 0, 0, mapper.triples, False
                 item.ok = self._transport_flush()
                 item.done.set()
                 continue
@@ -177,6 +179,8 @@ class Emitter:
                         group = groups[graph] = []
                     group.extend(encoded)
                 records += 1
+                if type(item) is RunEnd:
+                    run_ended = True
             except Exception:  # noqa: BLE001
                 self._counts["failed_records"] += 1
                 self._log_once(f"map:{type(item).__qualname__}", "provgraph: could not map a %s record",
@@ -184,11 +188,12 @@ class Emitter:
             if records >= self._batch:
                 self._publish(groups, raw, records, mapper.triples - t0)
                 groups, raw, records, size, t0 = {}, [], 0, 0, mapper.triples
-        self._publish(groups, raw, records, mapper.triples - t0)
+        self._publish(groups, raw, records, mapper.triples - t0, flushed=run_ended)
 
-    def _publish(self, groups: dict[str, list[bytes]], raw: list[bytes], records: int, triples: int) -> None:
+    def _publish(self, groups: dict[str, list[bytes]], raw: list[bytes], records: int, triples: int, *,
+                 flushed: bool = False) -> None:
         """One TriG batch for the mapped records, holding ``triples`` triples (and an
-        N-Quads one for raw RDF)."""
+        N-Quads one for raw RDF); ``flushed``: see :class:`~provgraph.transports.base.Batch`."""
         self._counts["records"] += records
         if groups:
             parts = [self._header]
@@ -196,15 +201,17 @@ class Emitter:
                 parts.append(f"{graph} {{\n".encode("utf-8", "replace"))
                 parts.extend(statements)
                 parts.append(b"}\n")
-            self._send(b"".join(parts), triples, tuple(g[1:-1] for g in groups), TRIG)
+            self._send(b"".join(parts), triples, tuple(g[1:-1] for g in groups), TRIG, flushed)
         if raw:
             data = b"".join(raw)
-            self._send(data, data.count(b"\n"), (), NQUADS)
+            self._send(data, data.count(b"\n"), (), NQUADS, flushed)
 
-    def _send(self, data: bytes, triples: int, graphs: tuple[str, ...], content_type: str) -> None:
+    def _send(self, data: bytes, triples: int, graphs: tuple[str, ...], content_type: str,
+              flushed: bool = False) -> None:
         self._seq += 1
         # a cheap, unique and stable ID: re-sending this batch (retry, spill, replay) reuses it
-        batch = Batch(data, triples, graphs, batch_id=f"{self._token}-{self._seq}", content_type=content_type)
+        batch = Batch(data, triples, graphs, batch_id=f"{self._token}-{self._seq}", content_type=content_type,
+                      flushed=flushed)
         try:
             self.transport.publish(batch)
             self._counts["batches"] += 1

@@ -225,6 +225,11 @@ def _statements(msg: Msg) -> int:
         return len(msg.data) // STATEMENT_BYTES_GUESS
 
 
+def _flushed(msg: Msg) -> bool:
+    """The publisher flushed after ``msg`` (``Provgraph-Flush: true``): nothing follows soon."""
+    return (msg.headers or {}).get(jetstream.HDR_FLUSH, "").lower() == "true"
+
+
 def _pending(msg: Msg) -> int:
     try:
         return int(msg.metadata.num_pending)
@@ -318,15 +323,17 @@ class Integrator:
         self.metrics.inc("received_messages", len(msgs))  # counted at once: received > committed while lingering
         size = sum(len(m.data) for m in msgs)
         statements = sum(map(_statements, msgs))
+        flushed = any(map(_flushed, msgs))
         # a steady stream: gather until ``integrator_commit_triples`` statements are in hand
         # or ``linger`` has passed since the previous fetch, so that each bulk load is big
         # enough to be worth its fixed cost (new index files, then compaction). A message
-        # after a quiet spell is committed at once: the previous fetch is long past.
+        # after a quiet spell is committed at once: the previous fetch is long past; so is
+        # one its publisher flushed after (the end of a run, an explicit flush).
         linger_until = self._last_fetch + self.linger
         while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES:
             if _pending(msgs[-1]) > 0:  # a backlog: take what is there
                 wait, want = 0.25, min(per_pull, self.fetch - len(msgs))
-            elif statements >= self.commit_triples:
+            elif statements >= self.commit_triples or flushed:
                 break
             else:  # lingering: one message at a time (a pull for n waits for all n or its timeout)
                 wait, want = linger_until - time.monotonic(), 1
@@ -340,6 +347,7 @@ class Integrator:
             msgs.extend(more)
             size += sum(len(m.data) for m in more)
             statements += sum(map(_statements, more))
+            flushed = flushed or any(map(_flushed, more))
         self._last_fetch = time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("integrator: fetched %s", [(_seq(m), _delivered(m)) for m in msgs])

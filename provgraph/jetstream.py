@@ -40,6 +40,7 @@ __all__ = [
     "DLQ_PREFIX",
     "DUPLICATE_WINDOW",
     "HDR_ERROR",
+    "HDR_FLUSH",
     "HDR_GRAPH",
     "HDR_SUBJECT",
     "HDR_TRIPLES",
@@ -75,6 +76,9 @@ HDR_GRAPH = "Provgraph-Graph"
 #: optional header: how many statements the message holds (the integrator sizes its
 #: bulk loads with it; it estimates from the size when absent)
 HDR_TRIPLES = "Provgraph-Triples"
+#: optional header: ``true`` when the publisher flushed after this message (an explicit
+#: flush, the end of a run): the integrator commits it without waiting to gather more
+HDR_FLUSH = "Provgraph-Flush"
 #: a run token for batches that belong to no single workflow run
 NO_RUN = "_"
 

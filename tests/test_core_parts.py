@@ -152,6 +152,22 @@ def test_journal_frames_survive_a_torn_tail(tmp_path: Path) -> None:
     assert [b.data.decode().split()[0] for b in batches] == ["<urn:s0>", "<urn:s1>", "<urn:s2>"]
 
 
+def test_journal_keeps_what_a_batch_says_of_itself(tmp_path: Path) -> None:
+    """Counts, media type and the flush mark come back as written (a spilled batch
+    replayed later still tells the integrator not to wait for more)."""
+    j = JournalTransport(tmp_path, fsync=False)
+    sent = [Batch(b"<urn:a> <urn:p> <urn:o> <urn:g> .\n", 1, batch_id="one"),
+            Batch(b"<urn:g> { <urn:b> <urn:p> <urn:o>, <urn:o2> . }\n", 2, ("urn:g",), batch_id="two",
+                  content_type="application/trig", flushed=True)]
+    for b in sent:
+        j.publish(b)
+    j.close(1)
+    assert j.path is not None
+    back = [jb.to_batch() for jb in read_journal(j.path)]
+    assert [(b.batch_id, b.triples, b.content_type, b.flushed, b.data) for b in back] == [
+        (b.batch_id, b.triples, b.content_type, b.flushed, b.data) for b in sent]
+
+
 # -- ontology, API, packaging ------------------------------------------------------------
 
 def test_ontology_parses_and_defines_every_emitted_term() -> None:

@@ -59,23 +59,10 @@ def _local_nats_port(settings: Any, wanted: int | None) -> int:
 
 
 def _http_app(store: Any, settings: Any, metrics: Callable[[], str]) -> Any:
-    """The SPARQL endpoint with ``/metrics``; a ``/metrics``-only app if it is not installed."""
-    try:
-        from ..server import build_app
-    except ImportError:
-        build_app = None  # type: ignore[assignment]
-    if build_app is not None:
-        return build_app(store, settings, metrics=metrics)
-    require("starlette", "server")
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Route
+    """The SPARQL endpoint with ``/metrics`` (the ``server`` extra; a clear error names it)."""
+    from ..server import build_app
 
-    async def metrics_endpoint(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
-
-    return Starlette(routes=[Route("/metrics", metrics_endpoint)])
+    return build_app(store, settings, metrics=metrics)
 
 
 def _lower_priority(nice: int) -> None:

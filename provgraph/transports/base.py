@@ -42,7 +42,9 @@ class Batch:
     ``data`` is TriG (what the emitter writes: one ``GRAPH`` block per workflow run,
     prefixed names) or N-Quads, as ``content_type`` says; ``graphs`` are the named graphs
     it writes to; ``batch_id`` is stable for this batch (resending it reuses the ID, so
-    JetStream's duplicate window drops a re-sent batch).
+    JetStream's duplicate window drops a re-sent batch). ``flushed`` marks the last batch
+    before an explicit flush or the end of a workflow run: nothing follows it soon, so a
+    consumer should make it visible at once rather than wait to gather more.
     """
 
     data: bytes
@@ -50,6 +52,7 @@ class Batch:
     graphs: tuple[str, ...] = ()
     batch_id: str = field(default="")
     content_type: str = NQUADS
+    flushed: bool = False
 
     def __post_init__(self) -> None:
         if not self.batch_id:

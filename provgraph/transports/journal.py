@@ -4,8 +4,10 @@ Used as a transport in its own right, as the spill target when another transport
 fails (store locked, NATS down), and as the inbox of an on-disk store that another
 process holds. Each batch is framed by a comment line that N-Quads parsers ignore::
 
-    #pgbatch <batch_id> <nbytes> <triples> <content-type>
+    #pgbatch <batch_id> <nbytes> <triples> <content-type> [flushed]
     <g> { <s> <p> <o> . ... }        (TriG, or N-Quads lines)
+
+(``flushed``: the batch's :attr:`~provgraph.transports.base.Batch.flushed`.)
 
 so a reader can tell a complete batch from one torn by a crash (a torn tail is
 reported and left in place, never half-loaded). Files are named
@@ -30,18 +32,20 @@ _MAGIC = b"#pgbatch "
 class JournalBatch:
     """One complete batch read back from a journal file."""
 
-    __slots__ = ("batch_id", "content_type", "data", "end_offset", "triples")
+    __slots__ = ("batch_id", "content_type", "data", "end_offset", "flushed", "triples")
 
     def __init__(self, batch_id: str, data: bytes, triples: int, end_offset: int,
-                 content_type: str = NQUADS) -> None:
+                 content_type: str = NQUADS, flushed: bool = False) -> None:
         self.batch_id = batch_id
         self.data = data
         self.triples = triples
         self.end_offset = end_offset
         self.content_type = content_type
+        self.flushed = flushed
 
     def to_batch(self) -> Batch:
-        return Batch(self.data, self.triples, batch_id=self.batch_id, content_type=self.content_type)
+        return Batch(self.data, self.triples, batch_id=self.batch_id, content_type=self.content_type,
+                     flushed=self.flushed)
 
 
 class JournalTransport(Transport):
@@ -81,8 +85,8 @@ class JournalTransport(Transport):
         return total
 
     def publish(self, batch: Batch) -> None:
-        frame = b"%s%s %d %d %s\n" % (_MAGIC, batch.batch_id.encode(), len(batch.data), batch.triples,
-                                        batch.content_type.encode())
+        frame = b"%s%s %d %d %s%s\n" % (_MAGIC, batch.batch_id.encode(), len(batch.data), batch.triples,
+                                          batch.content_type.encode(), b" flushed" if batch.flushed else b"")
         with self._lock:
             if self.used_bytes() + len(frame) + len(batch.data) > self.max_bytes:
                 raise OSError(f"journal {self.directory} is full (max_bytes={self.max_bytes})")
@@ -143,9 +147,10 @@ def read_journal(path: str | os.PathLike[str], start: int = 0) -> Iterator[Journ
             try:
                 bid, size, triples = fields[1].decode(), int(fields[2]), int(fields[3])
                 ctype = fields[4].decode() if len(fields) > 4 else NQUADS
+                flushed = len(fields) > 5 and fields[5] == b"flushed"
             except (ValueError, IndexError):
                 return  # torn header
             body = fh.read(size)
             if len(body) < size:
                 return  # torn body: the writer died mid-batch
-            yield JournalBatch(bid, body, triples, fh.tell(), ctype)
+            yield JournalBatch(bid, body, triples, fh.tell(), ctype, flushed)

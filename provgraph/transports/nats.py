@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError, require
-from ..jetstream import HDR_TRIPLES
+from ..jetstream import HDR_FLUSH, HDR_TRIPLES
 from .base import NQUADS, TRIG, Batch, Transport
 from .journal import JournalTransport, journal_files, read_journal
 
@@ -67,8 +67,11 @@ class Part:
         self.run = run
         self.triples = triples
 
-    def headers(self, content_type: str) -> dict[str, str]:
-        return {"Content-Type": content_type, "Nats-Msg-Id": self.msg_id, HDR_TRIPLES: str(self.triples)}
+    def headers(self, batch: Batch) -> dict[str, str]:
+        out = {"Content-Type": batch.content_type, "Nats-Msg-Id": self.msg_id, HDR_TRIPLES: str(self.triples)}
+        if batch.flushed:
+            out[HDR_FLUSH] = "true"
+        return out
 
 
 def _prefix_header(data: bytes) -> tuple[bytes, int]:
@@ -401,7 +404,7 @@ class NatsTransport(Transport):
         facility = self.settings.facility
         try:
             coros = [js.publish(jetstream.subject_for(facility, p.run), p.data, timeout=self.timeout,
-                                headers=p.headers(batch.content_type))
+                                headers=p.headers(batch))
                      for p in parts]
             if len(coros) == 1:
                 await coros[0]
@@ -578,7 +581,7 @@ async def publish_file(js: JetStreamContext, settings: Settings, path: str | Pat
         for p in parts:
             pending.append(asyncio.ensure_future(js.publish(
                 jetstream.subject_for(settings.facility, p.run), p.data, timeout=settings.publish_timeout,
-                headers=p.headers(batch.content_type))))
+                headers=p.headers(batch))))
         count += 1
         end = jb.end_offset
         if len(pending) >= window:
