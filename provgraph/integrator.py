@@ -74,6 +74,9 @@ PROV_CONTENT_TYPES: dict[str, str] = {
 }
 #: the integrator keeps fetching while more is pending, up to this many bytes per commit
 COMMIT_MAX_BYTES = 64 * 1024 * 1024
+#: a flowing stream is gathered at least this long after the previous fetch, however big
+#: it is (a fast publisher's next messages join the same load)
+MIN_GATHER_S = 0.25
 #: bytes per statement assumed for a message without a ``Provgraph-Triples`` header
 STATEMENT_BYTES_GUESS = 100
 #: one pull request asks for at most this many bytes (messages x the server's max_payload)
@@ -333,7 +336,8 @@ class Integrator:
         while msgs and len(msgs) < self.fetch and size < COMMIT_MAX_BYTES:
             if _pending(msgs[-1]) > 0:  # a backlog: take what is there
                 wait, want = 0.25, min(per_pull, self.fetch - len(msgs))
-            elif statements >= self.commit_triples or flushed:
+            elif flushed or (statements >= self.commit_triples
+                             and time.monotonic() >= self._last_fetch + MIN_GATHER_S):
                 break
             else:  # lingering: one message at a time (a pull for n waits for all n or its timeout)
                 wait, want = linger_until - time.monotonic(), 1
