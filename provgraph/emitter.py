@@ -164,9 +164,7 @@ class Emitter:
                 graph, statements = mapper.map(item)
                 # encoded one by one: joining bytes then needs one big buffer, not two
                 encoded = [text.encode("utf-8", "replace") for text in statements]
-                n = 0
-                for data in encoded:
-                    n += len(data)
+                n = sum(map(len, encoded))
                 if size + n > budget and records:  # this record starts the next batch
                     self._publish(groups, raw, records, e0 - t0)
                     groups, raw, records, size, t0 = {}, [], 0, 0, e0

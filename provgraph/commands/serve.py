@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,6 @@ def _local_nats_port(settings: Any, wanted: int | None) -> int:
         if port_free(port):
             return port
     return 4222 if port_free(4222) else free_port()
-
-
-def _http_app(store: Any, settings: Any, metrics: Callable[[], str]) -> Any:
-    """The SPARQL endpoint with ``/metrics`` (the ``server`` extra; a clear error names it)."""
-    from ..server import build_app
-
-    return build_app(store, settings, metrics=metrics)
 
 
 def _lower_priority(nice: int) -> None:
@@ -122,13 +114,15 @@ async def _serve(args: argparse.Namespace, settings: Any) -> int:
             require("uvicorn", "server")
             import uvicorn
 
+            from ..server import build_app
+
             class _Server(uvicorn.Server):
                 def capture_signals(self) -> Any:  # signals are ours (see _serve)
                     import contextlib
 
                     return contextlib.nullcontext()
 
-            config = uvicorn.Config(_http_app(store, settings, metrics.render), host=settings.http_host,
+            config = uvicorn.Config(build_app(store, settings, metrics=metrics.render), host=settings.http_host,
                                     port=settings.http_port, log_level="warning", lifespan="off")
             server = _Server(config)
             tasks.append(asyncio.create_task(server.serve(), name="http"))

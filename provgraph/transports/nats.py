@@ -201,6 +201,8 @@ class NatsTransport(Transport):
     """
 
     name = "nats"
+    #: the server's max_payload less the room kept for headers: what one message carries
+    max_batch_bytes: int
 
     def __init__(self, settings: Settings, *, url: str | None = None, connect_wait: float | None = None,
                  journal_dir: str | Path | None = None) -> None:
@@ -222,8 +224,7 @@ class NatsTransport(Transport):
         self._unreachable = False  # a connection attempt failed or the connection dropped
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._max_payload = 1024 * 1024
-        self.max_batch_bytes = self._max_payload - HEADER_ROOM
+        self.max_batch_bytes = 1024 * 1024 - HEADER_ROOM  # until the server says its max_payload
         self._replaying = False
         self._prefix = f"nats-{secrets.token_hex(4)}"
         self._journal = JournalTransport(self.journal_dir, max_bytes=settings.journal_max_bytes,
@@ -270,7 +271,6 @@ class NatsTransport(Transport):
             self._nc = nc
             self._unreachable = False
             self._js = nc.jetstream(timeout=self.timeout)
-            self._max_payload = nc.max_payload
             self.max_batch_bytes = nc.max_payload - HEADER_ROOM
             self._connected.set()
             self._loop.create_task(self._ensure_stream())
@@ -299,7 +299,6 @@ class NatsTransport(Transport):
     async def _on_reconnected(self) -> None:
         self._unreachable = False
         if self._nc is not None:
-            self._max_payload = self._nc.max_payload
             self.max_batch_bytes = self._nc.max_payload - HEADER_ROOM
         self._start_replay()
 
@@ -397,7 +396,7 @@ class NatsTransport(Transport):
         if js is None or nc is None or not nc.is_connected:
             return False
         try:
-            parts = split_batch(batch, self._max_payload - HEADER_ROOM, self.graph_base)
+            parts = split_batch(batch, self.max_batch_bytes, self.graph_base)
         except ValueError as exc:
             self._unsendable(batch, str(exc))
             return True
